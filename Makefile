@@ -1,0 +1,36 @@
+# noisy-convnet: `make help` lists the targets.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test test-all lint format figures-cpu bench clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## make .venv and install the package with its dependencies (once)
+
+train: $(STAMP) ## the default run: mnist5k, random Q* at level 0.5, learned Q (~1 min on 2 CPU cores)
+	$(PY) train.py
+
+test: $(STAMP) ## the test suite, slow tests left out (~5 min on 2 CPU cores)
+	$(PY) -m pytest -m "not slow"
+
+test-all: $(STAMP) ## every test, the slow reproductions included
+	$(PY) -m pytest
+
+lint: $(STAMP) ## ruff lint and format check
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+format: $(STAMP) ## ruff format and autofix
+	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
+
+clean: ## remove run outputs (keeps outputs/figures)
+	rm -rf outputs/runs outputs/multirun

@@ -1,0 +1,143 @@
+"""The typed schema of a run's config (OmegaConf structured configs) and ``validate(cfg)``, which turns
+every user mistake into one ``UserError`` line naming the key and what is allowed -- before any work.
+
+Two layers of checks: the schema gives types (``level=abc`` -> "level: 'abc' is not a float"), then
+``validate`` checks ranges and names. Group choices given on the command line (``data=foo``) are checked
+by ``check_overrides`` in the entry point, before Hydra composes anything, because Hydra's own message
+for an unknown option spans many lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from . import datasets, layers, noise
+from .errors import UserError
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# Config groups a user picks by name on the command line (``group=option``).
+GROUPS = ("data", "noise", "q", "model", "optim", "trainer", "logger", "experiment")
+NOISE_NAMES = ("none", "flip")
+
+
+@dataclass
+class DataConf:
+    name: str = "mnist5k"
+    train_size: int = 4000  # noisy training images, validation slice included
+    val_fraction: float = 0.1  # share of train_size held out as a noisy validation slice; 0 = none
+    batch_size: int = 128
+    shift: int = 2  # augmentation: random translation of up to this many pixels; 0 = off
+    channels_last: bool = False
+
+
+@dataclass
+class NoiseConf:
+    name: str = "flip"
+    matrix: str = "random"  # uniform | pair | random | path to a .npy/.csv K x K matrix
+
+
+@dataclass
+class QConf:
+    _target_: str = "noisy_convnet.layers.NoiseLayer"
+    mode: str = "learned"
+    param: str = "softmax"
+    init_flip: float = 0.01
+    lr: float | None = None
+    trace_weight: float = 0.0
+    warmup_epochs: int = 0
+
+
+@dataclass
+class TrainConf:
+    seed: int = 0
+    level: float = 0.5  # noise level: the fraction of labels flipped by Q*
+    early_stopping: bool = False
+    patience: int = 5
+    run_dir: str = "outputs/run"
+    data: DataConf = field(default_factory=DataConf)
+    noise: NoiseConf = field(default_factory=NoiseConf)
+    q: QConf = field(default_factory=QConf)
+    model: Any = None
+    optim: Any = None
+    trainer: Any = None
+    logger: Any = None
+
+
+def _allowed(values) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def typed(cfg: DictConfig) -> DictConfig:
+    """cfg merged onto the schema: values converted to their types, or a UserError naming the key."""
+    try:
+        return OmegaConf.merge(OmegaConf.structured(TrainConf), cfg)
+    except ConfigKeyError as e:
+        raise UserError(f"{e.full_key}: unknown key") from None
+    except ValidationError as e:
+        first = str(e.msg).splitlines()[0]
+        raise UserError(f"{e.full_key}: {first}") from None
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check every user-facing value; return the typed config. Raises UserError on the first bad one."""
+    cfg = typed(cfg)
+    if not 0.0 <= cfg.level < 1.0:
+        raise UserError(f"level: {cfg.level} is outside [0, 1)")
+    if cfg.data.name not in datasets.LOADERS:
+        raise UserError(f"data.name: unknown data set '{cfg.data.name}'; allowed: {_allowed(datasets.LOADERS)}")
+    if cfg.data.train_size < 1:
+        raise UserError(f"data.train_size: {cfg.data.train_size} must be a positive number of images")
+    if not 0.0 <= cfg.data.val_fraction <= 0.5:
+        raise UserError(f"data.val_fraction: {cfg.data.val_fraction} is outside [0, 0.5]")
+    if cfg.data.batch_size < 1:
+        raise UserError(f"data.batch_size: {cfg.data.batch_size} must be >= 1")
+    if cfg.noise.name not in NOISE_NAMES:
+        raise UserError(f"noise.name: unknown noise '{cfg.noise.name}'; allowed: {_allowed(NOISE_NAMES)}")
+    m = cfg.noise.matrix
+    if m not in noise.MATRIX_KINDS and not Path(m).suffix in (".npy", ".csv"):
+        raise UserError(f"noise.matrix: '{m}' is not one of {_allowed(noise.MATRIX_KINDS)} nor a .npy/.csv path")
+    if cfg.q.mode not in layers.MODES:
+        raise UserError(f"q.mode: unknown mode '{cfg.q.mode}'; allowed: {_allowed(layers.MODES)}")
+    if cfg.q.param not in layers.PARAMS:
+        raise UserError(f"q.param: unknown '{cfg.q.param}'; allowed: {_allowed(layers.PARAMS)}")
+    if cfg.q.trace_weight < 0:
+        raise UserError(f"q.trace_weight: {cfg.q.trace_weight} must be >= 0")
+    if cfg.q.lr is not None and cfg.q.lr <= 0:
+        raise UserError(f"q.lr: {cfg.q.lr} must be > 0 (or null for the network's learning rate)")
+    if not 0.0 <= cfg.q.init_flip < 1.0:
+        raise UserError(f"q.init_flip: {cfg.q.init_flip} is outside [0, 1)")
+    if cfg.trainer is not None and cfg.trainer.get("max_epochs", 1) < 1:
+        raise UserError(f"trainer.max_epochs: {cfg.trainer.max_epochs} must be >= 1")
+    if cfg.early_stopping and cfg.data.val_fraction == 0:
+        raise UserError("early_stopping: needs a validation slice; set data.val_fraction > 0")
+    if cfg.patience < 1:
+        raise UserError(f"patience: {cfg.patience} must be >= 1")
+    return cfg
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def check_overrides(args: list[str]) -> None:
+    """Check ``group=option`` overrides (sweeps ``group=a,b`` too) against the files in conf/<group>/."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    except Exception:  # a malformed override: Hydra's own parser will report it
+        return
+    for o in overrides:
+        group = o.key_or_group
+        if group not in GROUPS or o.is_delete():
+            continue
+        values = list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()]
+        allowed = group_options(group)
+        for v in values:
+            if v is not None and str(v) not in allowed:
+                raise UserError(f"{group}: unknown option '{v}'; allowed: {_allowed(allowed)}")

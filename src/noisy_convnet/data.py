@@ -1,0 +1,111 @@
+"""The LightningDataModule: small data sets live on the training device as uint8 tensors and batches are
+index slices of them (no DataLoader workers, no host-to-device copy per batch). Augmentation (random
+translations of up to ``shift`` pixels, zero-filled) runs on the batch tensor, on the GPU when there is one.
+
+Shuffling draws from a CPU generator seeded by (seed, epoch), so the batch order, and with the rest of
+the seeding the whole run, is the same on every rerun.
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+from .datasets import Split
+
+
+def translate(x: torch.Tensor, shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image of a (B, C, H, W) batch by its own random (dy, dx) in [-shift, shift], padding
+    with zeros. One gather for the whole batch: cheap on CPU and GPU alike."""
+    if shift <= 0:
+        return x
+    b, _, h, w = x.shape
+    off = torch.randint(0, 2 * shift + 1, (2, b), generator=generator).to(x.device)
+    padded = torch.nn.functional.pad(x, (shift, shift, shift, shift))
+    rows = (torch.arange(h, device=x.device)[None, :] + off[0][:, None])[:, :, None]  # (B, H, 1)
+    cols = (torch.arange(w, device=x.device)[None, :] + off[1][:, None])[:, None, :]  # (B, 1, W)
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # (B, C, H, W)
+
+
+class TensorBatches:
+    """An iterable of (images, labels) batches over tensors already on the device; images come out
+    as normalised float32."""
+
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        shuffle: bool = False,
+        shift: int = 0,
+        seed: int = 0,
+        channels_last: bool = False,
+    ):
+        self.split, self.batch_size, self.shuffle, self.shift = split, batch_size, shuffle, shift
+        self.mean, self.std, self.channels_last = mean, std, channels_last
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return -(-len(self.split) // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.split)
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        self.epoch += 1
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        order = order.to(self.split.x.device)
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            x = (self.split.x[idx].float() / 255.0 - self.mean) / self.std
+            if self.shift:
+                x = translate(x, self.shift, g)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.split.y[idx]
+
+
+class TensorDataModule(pl.LightningDataModule):
+    """Train (noisy labels), val (noisy labels, may be empty) and test (clean labels) splits."""
+
+    def __init__(
+        self,
+        train: Split,
+        val: Split,
+        test: Split,
+        batch_size: int = 128,
+        shift: int = 2,
+        seed: int = 0,
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        self.splits = {"train": train, "val": val, "test": test}
+        self.batch_size, self.shift, self.seed, self.channels_last = batch_size, shift, seed, channels_last
+        # Per-channel statistics of the training images, in [0, 1] units.
+        x = train.x.float() / 255.0
+        self.mean = x.mean(dim=(0, 2, 3)).view(1, -1, 1, 1)
+        self.std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).view(1, -1, 1, 1)
+        self._loaders: dict[str, TensorBatches] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._loaders:
+            return
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        mean, std = self.mean.to(device), self.std.to(device)
+        for name, s in self.splits.items():
+            on_device = Split(s.x.to(device), s.y.to(device))
+            train = name == "train"
+            self._loaders[name] = TensorBatches(
+                on_device, self.batch_size, mean, std, shuffle=train, shift=self.shift if train else 0,
+                seed=self.seed, channels_last=self.channels_last,
+            )  # fmt: skip
+
+    def train_dataloader(self):
+        return self._loaders["train"]
+
+    def val_dataloader(self):
+        return self._loaders["val"] if len(self.splits["val"]) else []
+
+    def test_dataloader(self):
+        return self._loaders["test"]

@@ -1,0 +1,10 @@
+"""The one error type for mistakes in a user's input (a config value, a file, a missing data set).
+
+Raised anywhere, caught by the entry point, printed as one line naming the key and what is allowed, and
+turned into exit status 2. Any other exception is a bug and keeps its traceback. Kept in its own module
+so the math files can raise it without importing OmegaConf or Hydra.
+"""
+
+
+class UserError(ValueError):
+    """A bad value in the user's input; its message is ``"<key>: <what is wrong>; <what is allowed>"``."""

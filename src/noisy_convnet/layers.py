@@ -1,0 +1,131 @@
+"""The noise layer of the paper (Fig. 1a, Eq. 2-3): a constrained linear layer Q between the softmax of
+the base network and the cost, so the combined model predicts p(noisy = j | x) = sum_i q_ji p(true = i | x).
+
+Plain PyTorch, no Lightning. Three modes:
+  none    -- no layer: ordinary cross entropy on the (noisy) labels.
+  fixed   -- Q = Q*, the true noise matrix, frozen.
+  learned -- Q trained with the network, starting near the identity, kept column-stochastic, with the
+             paper's trace regulariser weight * trace(Q) / K that pushes Q to diffuse so the noise
+             moves out of the base model and into Q (Sec. "Learning the noise distribution").
+Two ways to keep a learned Q a probability matrix: ``param="softmax"`` (free logits, Q = column-wise
+softmax; moves with Adam at its own, larger learning rate) and ``param="projected"`` (the paper's: Q
+itself is the parameter, projected back onto the simplex after every step).
+
+Everything is computed in log space so zeros in Q or in the softmax never give inf or NaN: the loss of
+a sample with noisy label y is -logsumexp_i(log q_yi + log p_i).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+MODES = ("none", "fixed", "learned")
+PARAMS = ("softmax", "projected")
+# A projected Q stays this far inside the simplex: the gradient of -log q_ji is -1/q_ji, and an entry
+# projected to exactly 0 would make the next step explode.
+PROJECT_FLOOR = 1e-3
+# Added to Q before its log: keeps log finite where q = 0 while the gradient of log(q + EPS) through
+# logsumexp stays p_i / p(noisy) -- the exact one -- down to q = 0 (EPS * (1/EPS) cancels).
+EPS = 1e-12
+
+
+def project_simplex(v: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
+    """Euclidean projection of every column of v onto {x >= floor, sum x = 1} (the probability simplex
+    for floor = 0; sort-based algorithm of Duchi et al., 2008, on the simplex shrunk by the floor)."""
+    n = v.shape[0]
+    mass = 1.0 - n * floor
+    u, _ = torch.sort(v - floor, dim=0, descending=True)
+    css = u.cumsum(dim=0) - mass
+    ind = torch.arange(1, n + 1, device=v.device, dtype=v.dtype).unsqueeze(1)
+    # The condition holds on a prefix of the sort and always for the first entry; clamp guards round-off.
+    rho = (u - css / ind > 0).sum(dim=0, keepdim=True).clamp_min(1)
+    theta = css.gather(0, rho - 1) / rho.to(v.dtype)
+    return (v - floor - theta).clamp_min(0.0) + floor
+
+
+def noisy_log_prob(log_p: torch.Tensor, log_q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """log p(noisy = y_n | x_n) = logsumexp_i(log q[y_n, i] + log p_n[i]) for each sample (Eq. 2).
+    Gathers only the observed label's row of Q: O(B K) memory, so K = 1000 is cheap."""
+    return torch.logsumexp(log_q[y] + log_p, dim=1)
+
+
+class NoiseLayer(nn.Module):
+    """Q between the base model's softmax and the cost. ``lr`` is the learning rate of Q's own
+    optimizer parameter group (None: the network's); ``warmup_epochs`` keeps Q frozen at its start value
+    for that many epochs (the training sequence of Fig. 1b)."""
+
+    def __init__(
+        self,
+        mode: str,
+        q_true: np.ndarray | torch.Tensor | None = None,
+        num_classes: int | None = None,
+        param: str = "softmax",
+        init_flip: float = 0.01,
+        lr: float | None = None,
+        trace_weight: float = 0.0,
+        warmup_epochs: int = 0,
+    ):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r} not in {MODES}")
+        if param not in PARAMS:
+            raise ValueError(f"param {param!r} not in {PARAMS}")
+        self.mode, self.param, self.lr = mode, param, lr
+        self.trace_weight, self.warmup_epochs = float(trace_weight), int(warmup_epochs)
+        self.frozen = False  # set by the training loop during warm-up
+        if q_true is not None:
+            q_true = torch.as_tensor(np.asarray(q_true), dtype=torch.float32)
+            num_classes = q_true.shape[0]
+        self.num_classes = num_classes
+        if mode == "fixed":
+            if q_true is None:
+                raise ValueError("mode 'fixed' needs q_true")
+            self.register_buffer("q_fixed", q_true.clone())
+        elif mode == "learned":
+            k = num_classes
+            # Start near I with a little mass off the diagonal: exactly I would put log q = -inf (softmax)
+            # or sit on the simplex's corner (projected), where nothing moves.
+            q0 = (1.0 - init_flip) * torch.eye(k) + init_flip / max(k - 1, 1) * (1.0 - torch.eye(k))
+            self.weight = nn.Parameter(torch.log(q0) if param == "softmax" else q0)
+
+    def q(self) -> torch.Tensor | None:
+        """The current Q (K x K, column-stochastic), or None in mode ``none``."""
+        if self.mode == "none":
+            return None
+        if self.mode == "fixed":
+            return self.q_fixed
+        q = F.softmax(self.weight, dim=0) if self.param == "softmax" else self.weight
+        return q.detach() if self.frozen else q
+
+    def log_q(self) -> torch.Tensor:
+        if self.mode == "learned" and self.param == "softmax":
+            w = self.weight.detach() if self.frozen else self.weight
+            return F.log_softmax(w, dim=0)
+        return torch.log(self.q() + EPS)
+
+    def nll(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood of the noisy labels y under the combined model (Eq. 3)."""
+        log_p = F.log_softmax(logits.float(), dim=1)
+        if self.mode == "none":
+            return F.nll_loss(log_p, y)
+        return -noisy_log_prob(log_p, self.log_q(), y).mean()
+
+    def regulariser(self) -> torch.Tensor:
+        """trace_weight * trace(Q) / K for a learned Q (0 otherwise): lower trace = more diffuse Q."""
+        if self.mode != "learned" or self.frozen or self.trace_weight == 0.0:
+            return torch.zeros((), device=self._device())
+        return self.trace_weight * torch.diagonal(self.q()).mean()
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """After an optimizer step: put a directly parametrised Q back on the simplex."""
+        if self.mode == "learned" and self.param == "projected":
+            self.weight.copy_(project_simplex(self.weight, PROJECT_FLOOR))
+
+    def _device(self) -> torch.device:
+        for t in list(self.parameters()) + list(self.buffers()):
+            return t.device
+        return torch.device("cpu")

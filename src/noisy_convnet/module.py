@@ -1,0 +1,122 @@
+"""The LightningModule: a base network followed by the noise layer (paper Fig. 1a).
+
+Training minimises the noisy-label NLL of the combined model plus the noise layer's regulariser; the
+validation slice (noisy labels) reports the same NLL, which early stopping and model selection may use.
+Testing always scores the base network alone, before Q, on clean labels: accuracy (torchmetrics) and the
+soft confusion matrix of Eq. 4, c_ij = mean over test images of true class j of p(true = i | x).
+Metrics are accumulated on the device and logged at epoch ends (no per-step host sync).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torchmetrics.classification import MulticlassAccuracy
+
+from .layers import NoiseLayer
+
+
+def one_cycle(optimizer: torch.optim.Optimizer, total_steps: int, pct_start: float = 0.25, div: float = 25.0):
+    """Per-step schedule that scales every parameter group's own lr: linear warm-up from lr/div over
+    the first pct_start of the steps, then cosine decay to ~0 (the shape of torch's OneCycleLR, but
+    keeping the ratio between groups, e.g. Q's larger lr)."""
+    warm = max(1, int(pct_start * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return 1.0 / div + (1.0 - 1.0 / div) * step / warm
+        t = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return 0.5 * (1.0 + math.cos(math.pi * t)) + 1e-3
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class NoisyLabelModule(pl.LightningModule):
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        noise_layer: NoiseLayer,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        q_true: np.ndarray | None = None,
+        num_classes: int | None = None,
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        self.net, self.noise = net, noise_layer
+        self.optimizer_fn, self.scheduler_fn = optimizer, scheduler
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        # The base net may have an extra "outlier" output; test labels and accuracy use the first K.
+        k = num_classes or noise_layer.num_classes
+        self.num_classes = k
+        self.register_buffer("q_true", None if q_true is None else torch.as_tensor(q_true, dtype=torch.float32))
+        self.test_acc = MulticlassAccuracy(num_classes=k, average="micro")
+        self.test_results: dict = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    # -- training -------------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self.noise.frozen = self.current_epoch < self.noise.warmup_epochs
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        nll = self.noise.nll(self.net(x), y)
+        loss = nll + self.noise.regulariser()
+        self.log("train/nll", nll, on_step=False, on_epoch=True, batch_size=len(y))
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.noise.project_()  # the paper's projection of Q back onto probability matrices
+
+    def on_train_epoch_end(self) -> None:
+        q = self.noise.q()
+        if q is not None and self.q_true is not None and q.shape == self.q_true.shape:
+            q_err = (q.detach() - self.q_true).abs().sum(0).mean()
+            self.log("train/q_error", q_err, prog_bar=True)
+
+    # -- validation: noisy labels, combined model -----------------------------------------------------
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/nll", self.noise.nll(self.net(x), y), on_epoch=True, prog_bar=True, batch_size=len(y))
+
+    # -- test: clean labels, base model ---------------------------------------------------------------
+    def on_test_epoch_start(self) -> None:
+        k_out = self.noise.num_classes or self.num_classes
+        self._conf_sum = torch.zeros(k_out, self.num_classes, device=self.device)
+        self._count = torch.zeros(self.num_classes, device=self.device)
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        probs = torch.softmax(self.net(x).float(), dim=1)
+        self.test_acc.update(probs[:, : self.num_classes], y)
+        self._conf_sum.index_add_(1, y, probs.T[: self._conf_sum.shape[0]])
+        self._count += torch.bincount(y, minlength=self.num_classes)
+
+    def on_test_epoch_end(self) -> None:
+        acc = self.test_acc.compute()
+        self.log("test/error", 1.0 - acc)
+        self.test_results = {
+            "test_error": float(1.0 - acc),
+            "confusion": (self._conf_sum / self._count.clamp_min(1)).cpu().numpy(),  # Eq. 4
+        }
+
+    # -- optimisation ---------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        groups = [{"params": [p for p in self.net.parameters() if p.requires_grad]}]
+        q_params = [p for p in self.noise.parameters() if p.requires_grad]
+        if q_params:
+            # Q has its own learning rate and no weight decay (decay would pull it off the simplex).
+            groups.append({"params": q_params, "weight_decay": 0.0, **({"lr": self.noise.lr} if self.noise.lr else {})})
+        opt = self.optimizer_fn(groups)
+        if self.scheduler_fn is None:
+            return opt
+        sched = self.scheduler_fn(opt, total_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,122 @@
+"""Label-noise models: the true transition matrix Q* and label corruption (paper, Eq. 1 and Eq. 8).
+
+Every matrix here is column-stochastic in the paper's layout, ``Q[j, i] = p(noisy = j | true = i)``:
+column i is the distribution of the label an image of class i receives. NumPy only, so that it can be
+read against the paper and tested alone.
+
+Expected behaviour: ``corrupt(y, Q, rng)`` flips a fraction of labels close to the mean off-diagonal
+mass of Q's columns (weighted by class frequency), e.g. ~0.50 for ``matrix("uniform", 10, 0.5)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+MATRIX_KINDS = ("uniform", "pair", "random")
+# Column sums may differ from 1 by this much in a user's file (CSV round-off).
+STOCHASTIC_TOL = 1e-4
+
+
+def uniform(k: int, level: float) -> np.ndarray:
+    """1 - level on the diagonal, level / (K - 1) everywhere else (symmetric flip noise)."""
+    q = np.full((k, k), level / (k - 1))
+    np.fill_diagonal(q, 1.0 - level)
+    return q
+
+
+def pair(k: int, level: float) -> np.ndarray:
+    """Class i keeps its label with 1 - level and becomes (i + 1) mod K with probability level."""
+    q = (1.0 - level) * np.eye(k)
+    q[(np.arange(k) + 1) % k, np.arange(k)] += level
+    return q
+
+
+def random(k: int, level: float, rng: np.random.Generator) -> np.ndarray:
+    """1 - level on the diagonal; the mass ``level`` of each column spread over its other rows with
+    Dirichlet(1) weights, like the random Q* of the paper's SVHN/CIFAR experiments (Fig. 2c)."""
+    q = np.zeros((k, k))
+    for i in range(k):
+        others = [j for j in range(k) if j != i]
+        q[others, i] = level * rng.dirichlet(np.ones(k - 1))
+        q[i, i] = 1.0 - level
+    return q
+
+
+def from_file(path: str | Path, k: int) -> np.ndarray:
+    """A user's K x K matrix (.npy, or .csv of numbers), checked to be column-stochastic."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"noise.matrix: file '{path}' does not exist; give uniform, pair, random or a .npy/.csv path")
+    try:
+        q = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=2)
+        q = np.asarray(q, dtype=np.float64)
+    except (ValueError, OSError) as e:
+        raise UserError(f"noise.matrix: cannot read '{path}' as a numeric matrix ({e})") from None
+    check_stochastic(q, k, "noise.matrix", f"'{path}'")
+    return q
+
+
+def check_stochastic(q: np.ndarray, k: int, key: str, what: str = "Q") -> None:
+    """Raise a UserError naming ``key`` unless q is a K x K column-stochastic matrix."""
+    if q.shape != (k, k):
+        raise UserError(f"{key}: {what} has shape {q.shape}; the data set has {k} classes, so ({k}, {k}) is needed")
+    if not np.all(np.isfinite(q)) or (q < 0).any():
+        raise UserError(f"{key}: {what} has entries that are negative or not finite; all must be >= 0")
+    sums = q.sum(axis=0)
+    if np.abs(sums - 1.0).max() > STOCHASTIC_TOL:
+        raise UserError(
+            f"{key}: {what} columns must sum to 1 (q_ji = p(noisy=j|true=i)); column sums are {np.round(sums, 4)}"
+        )
+
+
+def matrix(kind: str, k: int, level: float, rng: np.random.Generator) -> np.ndarray:
+    """Q* by name (``uniform``, ``pair``, ``random``) or from a file path."""
+    if kind == "uniform":
+        return uniform(k, level)
+    if kind == "pair":
+        return pair(k, level)
+    if kind == "random":
+        return random(k, level, rng)
+    return from_file(kind, k)
+
+
+def outlier(k: int, alpha: float) -> np.ndarray:
+    """Eq. 8: the (K+1) x (K+1) Q* for outlier noise. Inliers keep their label; an outlier (column K)
+    carries a uniform label over the K classes with total mass 1 - alpha, and label K+1 with alpha,
+    the fraction of outliers that were given the explicit outlier label. Singular when alpha = 0."""
+    q = np.zeros((k + 1, k + 1))
+    q[:k, :k] = np.eye(k)
+    q[:k, k] = (1.0 - alpha) / k
+    q[k, k] = alpha
+    return q
+
+
+def is_singular(q: np.ndarray) -> bool:
+    # Condition number rather than det: det of a 10x10 near-uniform matrix is tiny but exact-zero
+    # tests miss float round-off (uniform at (K-1)/K has cond ~1e16).
+    return bool(np.linalg.cond(q) > 1e8)
+
+
+def corrupt(y: np.ndarray, q: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Draw each noisy label from column y of Q (inverse-CDF sampling, one uniform per label), so the
+    same generator state gives the same noisy labels."""
+    cdf = np.cumsum(q, axis=0)[:, y]  # (K, N): CDF of each image's label distribution
+    u = rng.random(len(y))
+    noisy = (u[None, :] > cdf).sum(axis=0)
+    return np.minimum(noisy, q.shape[0] - 1).astype(np.int64)  # round-off at the top of the CDF
+
+
+def realised(y_true: np.ndarray, y_noisy: np.ndarray, k: int) -> np.ndarray:
+    """The empirical transition matrix of a corruption, same layout as Q (columns = true class)."""
+    counts = np.zeros((k, k))
+    np.add.at(counts, (y_noisy, y_true), 1.0)
+    return counts / np.maximum(counts.sum(axis=0, keepdims=True), 1.0)
+
+
+def q_error(q: np.ndarray, q_true: np.ndarray) -> float:
+    """Mean over columns of the L1 distance between two transition matrices (0 = equal, 2 = disjoint)."""
+    return float(np.abs(q - q_true).sum(axis=0).mean())

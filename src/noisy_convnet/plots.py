@@ -1,0 +1,37 @@
+"""Figures shared by a run and the sweep report, drawn with matplotlib's Agg backend (no display)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def q_heatmaps(q_true: np.ndarray, q: np.ndarray | None, title: str = ""):
+    """Fig. 2c: the true noise matrix Q* beside the learned (or fixed) Q, same colour scale.
+    Rows are the noisy label j, columns the true label i (q_ji)."""
+    mats = [("true Q*", q_true)] + ([("Q used at the end", q)] if q is not None else [])
+    fig, axes = plt.subplots(1, len(mats), figsize=(3.6 * len(mats) + 0.8, 3.6), squeeze=False)
+    for ax, (name, m) in zip(axes[0], mats):
+        im = ax.imshow(np.asarray(m), vmin=0.0, vmax=1.0, cmap="viridis")
+        ax.set_title(name)
+        ax.set_xlabel("true label i")
+        ax.set_ylabel("noisy label j")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.85)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def save(fig, path: str | Path, pdf: bool = False) -> None:
+    """PNG (and PDF) at 150 dpi, then close the figure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path.with_suffix(".png"), dpi=150, bbox_inches="tight")
+    if pdf:
+        fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
+    plt.close(fig)

@@ -1,0 +1,34 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+# Small and quick: the 8x8 digits, one epoch, no progress bar.
+FAST = ["data=digits", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "logger=none"]
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """Compose the real config in-process, as train.py would, with overrides; run_dir under tmp_path."""
+
+    def _make(*overrides, fast=True, run_dir=None):
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            return compose(
+                "train", overrides=[*(FAST if fast else []), f"run_dir={run_dir or tmp_path / 'run'}", *overrides]
+            )
+
+    return _make
+
+
+def run_cli(*args, cwd=None, timeout=300):
+    """python train.py ARGS as a user runs it; returns the CompletedProcess."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        capture_output=True, text=True, cwd=cwd or ROOT, timeout=timeout, env=env,
+    )  # fmt: skip

@@ -1,0 +1,89 @@
+"""Every config option composes and validates; every bad input ends with one clean line."""
+
+import numpy as np
+import pytest
+
+from noisy_convnet import config
+from noisy_convnet.errors import UserError
+
+from .conftest import run_cli
+
+
+@pytest.mark.parametrize("group", [g for g in config.GROUPS if g != "experiment"])
+def test_every_option_of_every_group_composes_and_validates(make_cfg, group):
+    for option in config.group_options(group):
+        cfg = make_cfg(f"{group}={option}")
+        config.validate(cfg)
+
+
+def test_documented_overrides_reach_the_config(make_cfg, tmp_path):
+    cfg = config.validate(
+        make_cfg(
+            "data=mnist5k", "data.train_size=1000", "noise=flip", "noise.matrix=pair", "level=0.3",
+            "q=fixed", "model=convnet_small", "seed=3", "trainer.max_epochs=7",
+        )
+    )  # fmt: skip
+    assert (cfg.data.name, cfg.data.train_size, cfg.noise.matrix, cfg.level) == ("mnist5k", 1000, "pair", 0.3)
+    assert (cfg.q.mode, cfg.seed, cfg.trainer.max_epochs) == ("fixed", 3, 7)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("level=1.5", "level"),
+        ("level=-0.1", "level"),
+        ("level=abc", "level"),
+        ("data.train_size=many", "data.train_size"),
+        ("data.val_fraction=0.9", "data.val_fraction"),
+        ("q.mode=sometimes", "q.mode"),
+        ("noise.matrix=diagonal", "noise.matrix"),
+        ("trainer.max_epochs=0", "trainer.max_epochs"),
+    ],
+)
+def test_validate_names_the_bad_key(make_cfg, override, key):
+    with pytest.raises(UserError, match=f"^{key}: "):
+        config.validate(make_cfg(override))
+
+
+def test_unknown_group_option_is_caught_before_hydra():
+    with pytest.raises(UserError, match="^data: unknown option 'imagenet9'; allowed: .*mnist5k"):
+        config.check_overrides(["data=imagenet9"])
+    with pytest.raises(UserError, match="^q: unknown option 'sometimes'"):
+        config.check_overrides(["q=none,sometimes"])  # a sweep is checked value by value
+    config.check_overrides(["data=digits", "q=none,fixed,learned", "level=0.5"])
+
+
+def _bad_matrix_files(tmp_path):
+    np.save(tmp_path / "shape.npy", np.eye(3))
+    np.save(tmp_path / "sums.npy", np.full((10, 10), 0.2))
+    return tmp_path / "shape.npy", tmp_path / "sums.npy"
+
+
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        (["level=1.5"], "level"),
+        (["level=abc"], "level"),
+        (["data=imagenet9"], "data"),
+        (["model=resnet999"], "model"),
+        (["noise=gaussian"], "noise"),
+        (["q=sometimes"], "q"),
+        (["data.train_size=5000"], "data.train_size"),
+        (["data.train_size=5"], "data.train_size"),
+        (["noise.matrix=missing/q.npy"], "noise.matrix"),
+        (["noise.matrix=SHAPE"], "noise.matrix"),
+        (["noise.matrix=SUMS"], "noise.matrix"),
+        (["noise.matrix=uniform", "level=0.9", "q=fixed"], "q"),  # uniform at (K-1)/K: singular Q*
+    ],
+)
+def test_bad_input_ends_with_one_line_and_no_results(tmp_path, args, key):
+    shape, sums = _bad_matrix_files(tmp_path)
+    args = [a.replace("SHAPE", str(shape)).replace("SUMS", str(sums)) for a in args]
+    run_dir = tmp_path / "run"
+    p = run_cli("data=digits", *args, f"hydra.run.dir={run_dir}", "logger=none", "trainer.enable_progress_bar=false")
+    assert p.returncode == 2, p.stderr
+    err = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(err) == 1, p.stderr
+    assert err[0].startswith(f"error: {key}: "), err[0]
+    assert "Traceback" not in p.stderr + p.stdout
+    assert not (run_dir / "results.json").exists()

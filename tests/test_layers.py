@@ -1,0 +1,114 @@
+"""The noise layer (layers.py): Eq. 2-3 in log space, projection, regulariser, learning toward Q*."""
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from noisy_convnet import noise
+from noisy_convnet.layers import NoiseLayer, project_simplex
+
+K = 5
+
+
+def test_fixed_identity_equals_cross_entropy():
+    torch.manual_seed(0)
+    logits, y = torch.randn(64, K), torch.randint(0, K, (64,))
+    fixed = NoiseLayer("fixed", np.eye(K)).nll(logits, y)
+    none = NoiseLayer("none", num_classes=K).nll(logits, y)
+    torch.testing.assert_close(fixed, F.cross_entropy(logits, y), atol=1e-5, rtol=0)
+    torch.testing.assert_close(none, F.cross_entropy(logits, y))
+
+
+def test_nll_matches_eq2_in_probability_space():
+    torch.manual_seed(0)
+    q = torch.as_tensor(noise.random(K, 0.4, np.random.default_rng(0)), dtype=torch.float32)
+    logits, y = torch.randn(32, K), torch.randint(0, K, (32,))
+    p_noisy = torch.softmax(logits, 1) @ q.T  # p(noisy=j|x) = sum_i q_ji p_i
+    expected = -torch.log(p_noisy[torch.arange(32), y]).mean()
+    torch.testing.assert_close(NoiseLayer("fixed", q).nll(logits, y), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_zeros_in_q_and_saturated_softmax_give_finite_loss_and_gradients():
+    q = torch.eye(K)
+    q[:, 0] = 0.0
+    q[0, 0] = 1.0  # plenty of exact zeros
+    layer = NoiseLayer("learned", q, param="projected")
+    with torch.no_grad():
+        layer.weight.copy_(q)
+    logits = torch.tensor([[1000.0, -1000, -1000, -1000, -1000]] * 4, requires_grad=True)
+    y = torch.tensor([1, 2, 3, 4])  # labels the saturated softmax gives probability exp(-2000) to
+    loss = layer.nll(logits, y) + layer.regulariser()
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(logits.grad).all() and torch.isfinite(layer.weight.grad).all()
+
+
+def test_projection_puts_columns_on_the_simplex_and_keeps_points_there():
+    torch.manual_seed(0)
+    v = torch.randn(K, 7) * 3
+    p = project_simplex(v)
+    assert (p >= 0).all()
+    torch.testing.assert_close(p.sum(0), torch.ones(7))
+    q = torch.softmax(torch.randn(K, 7), 0)
+    torch.testing.assert_close(project_simplex(q), q)
+
+
+def test_projection_is_the_nearest_point():
+    # against a brute-force check: no random simplex point is closer than the projection
+    torch.manual_seed(1)
+    v = torch.randn(K, 1)
+    p = project_simplex(v)
+    cands = torch.distributions.Dirichlet(torch.ones(K)).sample((20000,)).T
+    assert ((cands - v) ** 2).sum(0).min() >= ((p - v) ** 2).sum() - 1e-6
+
+
+@pytest.mark.parametrize("param", ["softmax", "projected"])
+def test_learned_q_starts_near_identity_and_stays_stochastic(param):
+    layer = NoiseLayer("learned", num_classes=K, param=param, init_flip=0.01)
+    q = layer.q().detach()
+    torch.testing.assert_close(q.sum(0), torch.ones(K))
+    assert torch.diagonal(q).min() == pytest.approx(0.99, abs=1e-6)
+
+
+def test_trace_regulariser_lowers_the_diagonal():
+    layer = NoiseLayer("learned", num_classes=K, trace_weight=1.0, lr=0.1)
+    opt = torch.optim.Adam(layer.parameters(), lr=0.1)
+    for _ in range(60):
+        opt.zero_grad()
+        layer.regulariser().backward()
+        opt.step()
+    assert torch.diagonal(layer.q()).mean() < 0.5
+
+
+def test_frozen_q_gets_no_gradient():
+    layer = NoiseLayer("learned", num_classes=K, trace_weight=1.0)
+    layer.frozen = True
+    loss = layer.nll(torch.randn(8, K), torch.randint(0, K, (8,))) + layer.regulariser()
+    assert not loss.requires_grad or layer.weight.grad is None
+
+
+@pytest.mark.parametrize(
+    "param, opt_cls, lr",
+    # Adam steps every entry of a column by about lr alike, which the projection then undoes: projected Q
+    # moves with SGD, whose steps scale with the gradient; the softmax parametrisation moves with Adam.
+    [("softmax", torch.optim.Adam, 0.05), ("projected", torch.optim.SGD, 0.01)],
+)
+def test_learned_q_moves_toward_q_true_when_the_base_model_is_right(param, opt_cls, lr):
+    """With a perfect, frozen base model (p(true|x) one-hot), the noisy NLL alone drives Q to the
+    realised noise matrix: the noise goes into Q."""
+    rng = np.random.default_rng(0)
+    q_true = noise.random(K, 0.4, rng)
+    y = np.repeat(np.arange(K), 400)
+    y_noisy = torch.as_tensor(noise.corrupt(y, q_true, rng))
+    logits = 20.0 * F.one_hot(torch.as_tensor(y), K).float()
+    layer = NoiseLayer("learned", num_classes=K, param=param)
+    opt = opt_cls(layer.parameters(), lr=lr)
+    start = noise.q_error(layer.q().detach().numpy(), q_true)
+    for _ in range(300):
+        opt.zero_grad()
+        layer.nll(logits, y_noisy).backward()
+        opt.step()
+        layer.project_()
+    end = noise.q_error(layer.q().detach().numpy(), q_true)
+    assert start > 0.7 and end < 0.1
