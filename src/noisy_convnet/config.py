@@ -59,6 +59,8 @@ class TrainConf:
     early_stopping: bool = False
     patience: int = 5
     run_dir: str = "outputs/run"
+    sweep: str = "default"  # names a sweep's directory and its W&B group
+    threads: int | None = None  # torch CPU threads for this run; None = torch's default (all cores)
     data: DataConf = field(default_factory=DataConf)
     noise: NoiseConf = field(default_factory=NoiseConf)
     q: QConf = field(default_factory=QConf)
@@ -99,7 +101,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     if cfg.noise.name not in NOISE_NAMES:
         raise UserError(f"noise.name: unknown noise '{cfg.noise.name}'; allowed: {_allowed(NOISE_NAMES)}")
     m = cfg.noise.matrix
-    if m not in noise.MATRIX_KINDS and not Path(m).suffix in (".npy", ".csv"):
+    if m not in noise.MATRIX_KINDS and Path(m).suffix not in (".npy", ".csv"):
         raise UserError(f"noise.matrix: '{m}' is not one of {_allowed(noise.MATRIX_KINDS)} nor a .npy/.csv path")
     if cfg.q.mode not in layers.MODES:
         raise UserError(f"q.mode: unknown mode '{cfg.q.mode}'; allowed: {_allowed(layers.MODES)}")

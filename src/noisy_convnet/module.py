@@ -15,8 +15,10 @@ from collections.abc import Callable
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import WandbLogger
 from torchmetrics.classification import MulticlassAccuracy
 
+from . import plots
 from .layers import NoiseLayer
 
 
@@ -81,6 +83,21 @@ class NoisyLabelModule(pl.LightningModule):
         if q is not None and self.q_true is not None and q.shape == self.q_true.shape:
             q_err = (q.detach() - self.q_true).abs().sum(0).mean()
             self.log("train/q_error", q_err, prog_bar=True)
+        if q is not None and self.q_true is not None and self._image_logger_due():
+            self._log_q_image(q.detach().cpu().numpy())
+
+    def _image_logger_due(self) -> bool:
+        # W&B only (CSV cannot hold images); ten images per run, and the last epoch's.
+        every = max(1, (self.trainer.max_epochs or 10) // 10)
+        last = self.current_epoch + 1 == self.trainer.max_epochs
+        return any(isinstance(lg, WandbLogger) for lg in self.loggers) and (self.current_epoch % every == 0 or last)
+
+    def _log_q_image(self, q: np.ndarray) -> None:
+        fig = plots.q_heatmaps(self.q_true.cpu().numpy(), q, f"epoch {self.current_epoch}")
+        image = plots.to_array(fig)
+        for lg in self.loggers:
+            if isinstance(lg, WandbLogger):
+                lg.log_image("Q", [image], step=self.global_step)
 
     # -- validation: noisy labels, combined model -----------------------------------------------------
     def validation_step(self, batch, batch_idx):

@@ -16,7 +16,7 @@ def q_heatmaps(q_true: np.ndarray, q: np.ndarray | None, title: str = ""):
     Rows are the noisy label j, columns the true label i (q_ji)."""
     mats = [("true Q*", q_true)] + ([("Q used at the end", q)] if q is not None else [])
     fig, axes = plt.subplots(1, len(mats), figsize=(3.6 * len(mats) + 0.8, 3.6), squeeze=False)
-    for ax, (name, m) in zip(axes[0], mats):
+    for ax, (name, m) in zip(axes[0], mats, strict=True):
         im = ax.imshow(np.asarray(m), vmin=0.0, vmax=1.0, cmap="viridis")
         ax.set_title(name)
         ax.set_xlabel("true label i")
@@ -35,3 +35,11 @@ def save(fig, path: str | Path, pdf: bool = False) -> None:
     if pdf:
         fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
     plt.close(fig)
+
+
+def to_array(fig) -> np.ndarray:
+    """An RGB uint8 image of the figure (for loggers that take arrays), then close it."""
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return image

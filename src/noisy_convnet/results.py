@@ -15,6 +15,9 @@ from typing import Any
 import numpy as np
 
 RESULTS_FILE = "results.json"
+# Config keys that say where and how a run is watched, not what it computes: a finished cell is reused
+# whatever they are (a rerun may log elsewhere, or run with another launcher).
+VOLATILE = ("run_dir", "logger", "threads", "sweep", "trainer.enable_progress_bar")
 
 
 def to_jsonable(x: Any) -> Any:
@@ -55,3 +58,27 @@ def write(run_dir: str | Path, record: dict) -> Path:
 
 def read(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def cell_config(config: dict) -> dict:
+    """The part of a resolved config that decides a run's numbers (VOLATILE keys removed)."""
+    out = json.loads(json.dumps(to_jsonable(config)))  # deep copy, same rounding as a stored record
+    for key in VOLATILE:
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.get(p, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
+
+
+def finished(run_dir: str | Path, config: dict) -> dict | None:
+    """The stored record if run_dir holds a results.json made with the same cell config, else None
+    (no file, an unreadable one, or one from another config: the cell runs and replaces it)."""
+    path = Path(run_dir) / RESULTS_FILE
+    try:
+        record = read(path)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if cell_config(record.get("config") or {}) == cell_config(config) else None

@@ -65,11 +65,23 @@ def _wandb_online() -> bool:
 def build_loggers(cfg: DictConfig) -> list:
     loggers = []
     for name, lcfg in (cfg.logger or {}).items():
-        if "wandb" in name and not _wandb_online():
-            lcfg = OmegaConf.merge(lcfg, {"offline": True})
-            log.info("W&B: no API key or no network, logging offline under %s", cfg.run_dir)
+        if "wandb" in name:
+            if not _wandb_online():
+                lcfg = OmegaConf.merge(lcfg, {"offline": True})
+                log.info("W&B: no API key or no network, logging offline under %s", cfg.run_dir)
+            cell = _cell_name()
+            if cell:  # in a sweep, the run is named after its cell
+                lcfg = OmegaConf.merge(lcfg, {"name": cell})
         loggers.append(instantiate(lcfg))
     return loggers
+
+
+def _cell_name() -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().job.override_dirname or None
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
@@ -80,7 +92,9 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
         cbs.append(RichProgressBar(leave=True))
     if cfg.early_stopping:
         cbs.append(EarlyStopping(monitor="val/nll", mode="min", patience=cfg.patience))
-        cbs.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor="val/nll", mode="min", save_weights_only=True))
+        cbs.append(
+            ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor="val/nll", mode="min", save_weights_only=True)
+        )
     return cbs
 
 
@@ -88,6 +102,12 @@ def run(cfg: DictConfig) -> dict:
     t_start = time.perf_counter()
     cfg = config.validate(cfg)
     run_dir = Path(cfg.run_dir)
+    done = results.finished(run_dir, OmegaConf.to_container(cfg, resolve=True))
+    if done is not None:  # resume: this cell already ran with this very config
+        log.info("already finished, skipped: %s", run_dir / results.RESULTS_FILE)
+        return done
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     ds = datasets.load(cfg.data.name)
@@ -116,7 +136,12 @@ def run(cfg: DictConfig) -> dict:
     trainer.fit(module, dm)
     fit_s = time.perf_counter() - t_fit
     epochs = trainer.current_epoch
+    # The noisy validation NLL of the model that is tested: the best epoch's with early stopping.
+    val_nll = (
+        trainer.checkpoint_callback.best_model_score if cfg.early_stopping else trainer.callback_metrics.get("val/nll")
+    )
     trainer.test(module, dm, ckpt_path="best" if cfg.early_stopping else None, verbose=False)
+    _finish_wandb(trainer)
 
     q_end = module.noise.q()
     q_end = None if q_end is None else q_end.detach().cpu().numpy()
@@ -133,7 +158,7 @@ def run(cfg: DictConfig) -> dict:
         "early_stopping": cfg.early_stopping,
         "trace_weight": cfg.q.trace_weight if cfg.q.mode == "learned" else None,
         "test_error": module.test_results["test_error"],
-        "val_nll": _metric(trainer, "val/nll"),
+        "val_nll": None if val_nll is None else float(val_nll),
         "actual_noise": actual_noise,
         "Q_true": q_true,
         "Q": q_end,
@@ -150,9 +175,14 @@ def run(cfg: DictConfig) -> dict:
     return record
 
 
-def _metric(trainer: pl.Trainer, key: str) -> float | None:
-    v = trainer.callback_metrics.get(key)
-    return None if v is None else float(v)
+def _finish_wandb(trainer: pl.Trainer) -> None:
+    """Close the W&B run: the next run in this process (a sweep) must start its own, not reuse it."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    if any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
+        import wandb
+
+        wandb.finish()
 
 
 def _title(r: dict) -> str:

@@ -1,0 +1,170 @@
+"""Sweeps: presets compose, launcher settings reach the launcher, resume after a kill, the report."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+from noisy_convnet import config, report
+from noisy_convnet.results import RESULTS_FILE
+from noisy_convnet.train import run
+
+from .conftest import CONF, ROOT
+
+
+def _compose(*overrides):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+@pytest.mark.parametrize("preset", config.group_options("experiment"))
+def test_every_preset_composes_validates_and_names_its_sweep(preset):
+    cfg = _compose(f"experiment={preset}", "run_dir=/tmp/unused")
+    task = cfg.copy()
+    with open_dict(task):
+        del task["hydra"]  # Hydra hands the task its config without the hydra node
+    cfg_task = config.validate(task)
+    assert cfg_task.sweep == preset
+    assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper.params
+    assert cfg.hydra.sweep.dir == f"outputs/multirun/{preset}"
+
+
+def test_slurm_launcher_settings_reach_submitit(tmp_path, monkeypatch):
+    import submitit
+
+    cfg = _compose("hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=120",
+                   f"hydra.sweep.dir={tmp_path}", "run_dir=/tmp/unused")  # fmt: skip
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    seen = {}
+
+    class FakeExecutor:  # stands in for the cluster: records what the launcher asks submitit for
+        def __init__(self, cluster, folder, **kw):
+            seen.update(cluster=cluster, folder=folder)
+
+        def update_parameters(self, **params):
+            seen.update(params)
+
+        def map_array(self, *args):
+            raise StopIteration
+
+    monkeypatch.setattr(submitit, "AutoExecutor", FakeExecutor)
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.config = cfg
+    with pytest.raises(StopIteration):
+        launcher.launch([["q=none"]], initial_job_idx=0)
+    assert seen["cluster"] == "slurm" and seen["slurm_partition"] == "gpu"
+    assert seen["timeout_min"] == 120 and seen["gpus_per_node"] == 1 and seen["mem_gb"] == 32
+    # every slurm_* key is one submitit's SLURM executor knows
+    known = set(submitit.SlurmExecutor._valid_parameters())
+    assert {k[len("slurm_") :] for k in seen if k.startswith("slurm_")} <= known
+
+
+def test_joblib_launcher_composes():
+    cfg = _compose("hydra/launcher=joblib", "run_dir=/tmp/unused")
+    assert "Joblib" in cfg.hydra.launcher._target_
+
+
+def test_a_finished_cell_is_skipped(make_cfg, tmp_path):
+    first = run(make_cfg("q=fixed"))
+    stamp = (tmp_path / "run" / RESULTS_FILE).stat().st_mtime_ns
+    again = run(make_cfg("q=fixed", "trainer.enable_progress_bar=true"))  # watching differently: same cell
+    assert again == json.loads((tmp_path / "run" / RESULTS_FILE).read_text())
+    assert again["wall_s"] == pytest.approx(first["wall_s"], abs=1e-5)
+    assert (tmp_path / "run" / RESULTS_FILE).stat().st_mtime_ns == stamp
+    changed = run(make_cfg("q=fixed", "seed=1"))  # another config in the same directory runs again
+    assert changed["seed"] == 1
+
+
+SWEEP = ["-m", "data=digits", "trainer.max_epochs=1", "q=none,fixed", "level=0.2,0.4,0.6",
+         "logger=none", "trainer.enable_progress_bar=false"]  # fmt: skip
+NUMBERS = ["q", "level", "seed", "test_error", "actual_noise", "q_error", "val_nll"]
+
+
+def _sweep(sweep_dir):
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *SWEEP, f"hydra.sweep.dir={sweep_dir}"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+
+
+def _rows(sweep_dir):
+    df, problems = report.load_sweep(sweep_dir)
+    return df[NUMBERS].sort_values(["q", "level"]).reset_index(drop=True), problems
+
+
+def test_killed_sweep_rerun_gives_the_same_rows_as_an_uninterrupted_one(tmp_path):
+    whole = _sweep(tmp_path / "whole")
+    assert whole.wait(timeout=400) == 0, whole.stdout.read()
+
+    cut = _sweep(tmp_path / "cut")
+    deadline = time.time() + 300
+    while len(list((tmp_path / "cut").rglob(RESULTS_FILE))) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(cut.pid, signal.SIGKILL)  # as a lost node or a kill -9 would
+    cut.wait()
+    n_before = len(list((tmp_path / "cut").rglob(RESULTS_FILE)))
+    assert 2 <= n_before < 6
+    _, problems = _rows(tmp_path / "cut")
+    assert not any("unreadable" in p for p in problems)  # nothing half-written
+
+    rerun = _sweep(tmp_path / "cut")
+    out, _ = rerun.communicate(timeout=400)
+    assert rerun.returncode == 0, out
+    assert out.count("already finished, skipped") == n_before  # no cell ran twice
+    a, problems_a = _rows(tmp_path / "whole")
+    b, problems_b = _rows(tmp_path / "cut")
+    assert len(b) == 6 and not problems_a and not problems_b
+    pd.testing.assert_frame_equal(a, b)
+
+
+def _fake_record(q, level, size, seed, err, **extra):
+    k = 3
+    q_true = np.full((k, k), level / (k - 1)) + np.eye(k) * (1 - level - level / (k - 1))
+    return {"dataset": "mnist5k", "num_classes": k, "train_size": size, "noise": "flip", "matrix": "random",
+            "level": level, "q": q, "seed": seed, "epochs": 20, "early_stopping": False, "test_error": err,
+            "actual_noise": level, "Q_true": q_true.tolist(), "Q": None if q == "none" else q_true.tolist(),
+            "q_error": None if q == "none" else 0.1, "confusion": np.eye(k).tolist(), "train_images_per_s": 1.0,
+            "wall_s": 1.0, "config": {"seed": seed, "level": level, "data": {"name": "mnist5k", "train_size": size}},
+            **extra}  # fmt: skip
+
+
+def test_report_on_a_synthetic_sweep_with_a_broken_and_a_missing_run(tmp_path, capsys):
+    for q in ("none", "learned"):
+        for level in (0.3, 0.6):
+            for size in (1000, 4000):
+                for seed in (0, 1):
+                    err = 0.1 + level * (0.5 if q == "none" else 0.1) - size / 1e5 + 0.01 * seed
+                    d = tmp_path / f"q={q},level={level},size={size},seed={seed}"
+                    d.mkdir()
+                    (d / RESULTS_FILE).write_text(json.dumps(_fake_record(q, level, size, seed, err)))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / RESULTS_FILE).write_text('{"dataset": "mnist5k", "test_err')
+    (tmp_path / "died" / ".hydra").mkdir(parents=True)
+
+    assert report.main([str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    err = capsys.readouterr().err
+    assert "unreadable result" in err and "broken" in err
+    assert "failed or unfinished" in err and "died" in err
+    df = pd.read_csv(tmp_path / "report" / "results.csv")
+    assert len(df) == 16 and {"cfg.seed", "cfg.data.train_size", "test_error", "method"} <= set(df.columns)
+    md = (tmp_path / "report" / "results.md").read_text()
+    assert "learned Q" in md and "no noise layer" in md
+    t = report.table(report.load_sweep(tmp_path)[0])
+    cell = t[(t.method == "no noise layer") & (t.level == 0.6) & (t.train_size == 1000)].iloc[0]
+    assert cell["test_error_%"] == pytest.approx(100 * (0.1 + 0.3 - 0.01 + 0.005)) and cell["seeds"] == 2
+    for name in ("fig2a_error_vs_size", "fig2b_error_vs_level", "fig2c_q_heatmaps", "fig3_grid"):
+        assert (tmp_path / "report" / f"{name}.png").stat().st_size > 5000
+        assert (tmp_path / "report" / f"{name}.pdf").is_file()
+
+
+def test_report_on_an_empty_directory_is_a_clean_error(tmp_path, capsys):
+    assert report.main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: sweep_dir: no results.json")
