@@ -168,3 +168,17 @@ def test_report_on_a_synthetic_sweep_with_a_broken_and_a_missing_run(tmp_path, c
 def test_report_on_an_empty_directory_is_a_clean_error(tmp_path, capsys):
     assert report.main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: sweep_dir: no results.json")
+
+
+def test_report_draws_fig4_from_outlier_runs(tmp_path):
+    for q in ("none", "fixed"):
+        for ratio in (0.5, 1.0):
+            d = tmp_path / f"q={q},ratio={ratio}"
+            d.mkdir()
+            rec = _fake_record(q, 0.0, 1000, 0, 0.02 + 0.01 * ratio, noise="outlier", outlier_ratio=ratio,
+                               inlier_ap=0.99 if q == "fixed" else 0.98,
+                               pr_curve={"precision": [1.0, 0.9, 0.5], "recall": [0.0, 0.8, 1.0]})  # fmt: skip
+            (d / RESULTS_FILE).write_text(json.dumps(rec))
+    assert report.main([str(tmp_path)]) == 0
+    assert (tmp_path / "fig4a_outliers.png").is_file() and (tmp_path / "fig4b_inlier_pr.png").is_file()
+    assert "inlier_ap" in (tmp_path / "results.md").read_text()

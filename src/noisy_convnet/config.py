@@ -22,7 +22,7 @@ from .errors import UserError
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 # Config groups a user picks by name on the command line (``group=option``).
 GROUPS = ("data", "noise", "q", "model", "optim", "trainer", "logger", "experiment")
-NOISE_NAMES = ("none", "flip")
+NOISE_NAMES = ("none", "flip", "outlier")
 
 
 @dataclass
@@ -33,6 +33,11 @@ class DataConf:
     batch_size: int = 128
     shift: int = 2  # augmentation: random translation of up to this many pixels; 0 = off
     channels_last: bool = False
+    # noise=outlier only (paper Sec. "Outlier noise"): train_size counts the inliers N_in
+    outlier_ratio: float = 1.0  # N_out / N_in: outliers with a uniformly random label among the K classes
+    labelled_outliers: int = 50  # extra outliers labelled K+1, which make Eq. 8's Q* non-singular
+    inlier_classes: int = 5  # K: the first this many classes are the inliers
+    outlier_source: str = "classes"  # classes (the other classes) | photos (scikit-learn's sample photos)
 
 
 @dataclass

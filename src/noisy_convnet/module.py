@@ -16,7 +16,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import WandbLogger
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import BinaryAveragePrecision, BinaryPrecisionRecallCurve, MulticlassAccuracy
 
 from . import plots
 from .layers import NoiseLayer
@@ -59,6 +59,7 @@ class NoisyLabelModule(pl.LightningModule):
         self.register_buffer("q_true", None if q_true is None else torch.as_tensor(q_true, dtype=torch.float32))
         self.test_acc = MulticlassAccuracy(num_classes=k, average="micro")
         self.test_results: dict = {}
+        self._scores, self._is_inlier = [], []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -106,16 +107,24 @@ class NoisyLabelModule(pl.LightningModule):
 
     # -- test: clean labels, base model ---------------------------------------------------------------
     def on_test_epoch_start(self) -> None:
-        k_out = self.noise.num_classes or self.num_classes
-        self._conf_sum = torch.zeros(k_out, self.num_classes, device=self.device)
-        self._count = torch.zeros(self.num_classes, device=self.device)
+        self._conf_sum, self._count = None, torch.zeros(self.num_classes, device=self.device)
 
     def test_step(self, batch, batch_idx):
         x, y = batch
         probs = torch.softmax(self.net(x).float(), dim=1)
-        self.test_acc.update(probs[:, : self.num_classes], y)
-        self._conf_sum.index_add_(1, y, probs.T[: self._conf_sum.shape[0]])
-        self._count += torch.bincount(y, minlength=self.num_classes)
+        k = self.num_classes
+        inlier = y < k  # test label K marks an outlier image (outlier noise only)
+        if inlier.any():  # a batch of the test set's outlier tail has none
+            self.test_acc.update(probs[inlier, :k], y[inlier])
+        if self._conf_sum is None:
+            self._conf_sum = torch.zeros(probs.shape[1], k, device=self.device)
+        self._conf_sum.index_add_(1, y[inlier], probs[inlier].T)
+        self._count += torch.bincount(y[inlier], minlength=k)
+        # Scores for telling inliers from outliers: 1 - p(outlier) for the K+1-output model, the max
+        # softmax probability for a K-output one (the usual baseline).
+        score = 1.0 - probs[:, k] if probs.shape[1] > k else probs.max(dim=1).values
+        self._scores.append(score)
+        self._is_inlier.append(inlier)
 
     def on_test_epoch_end(self) -> None:
         acc = self.test_acc.compute()
@@ -124,6 +133,17 @@ class NoisyLabelModule(pl.LightningModule):
             "test_error": float(1.0 - acc),
             "confusion": (self._conf_sum / self._count.clamp_min(1)).cpu().numpy(),  # Eq. 4
         }
+        is_inlier = torch.cat(self._is_inlier).long()
+        if (is_inlier == 0).any():
+            scores = torch.cat(self._scores)
+            ap = BinaryAveragePrecision()(scores, is_inlier)
+            precision, recall, _ = BinaryPrecisionRecallCurve()(scores, is_inlier)
+            keep = np.unique(np.linspace(0, len(recall) - 1, 101).round().astype(int))  # ~100 points suffice
+            self.log("test/inlier_ap", ap)
+            self.test_results["inlier_ap"] = float(ap)
+            self.test_results["pr_curve"] = {"precision": precision.cpu().numpy()[keep],
+                                             "recall": recall.cpu().numpy()[keep]}  # fmt: skip
+        self._scores, self._is_inlier = [], []
 
     # -- optimisation ---------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -84,12 +84,13 @@ def matrix(kind: str, k: int, level: float, rng: np.random.Generator) -> np.ndar
     return from_file(kind, k)
 
 
-def outlier(k: int, alpha: float) -> np.ndarray:
-    """Eq. 8: the (K+1) x (K+1) Q* for outlier noise. Inliers keep their label; an outlier (column K)
-    carries a uniform label over the K classes with total mass 1 - alpha, and label K+1 with alpha,
-    the fraction of outliers that were given the explicit outlier label. Singular when alpha = 0."""
+def outlier(k: int, alpha: float, inliers: np.ndarray | None = None) -> np.ndarray:
+    """Eq. 8: the (K+1) x (K+1) Q* for outlier noise. Inliers keep their label (or follow ``inliers``, a
+    K x K flip matrix, when flip noise is added); an outlier (column K) carries a uniform label over the
+    K classes with total mass 1 - alpha, and label K+1 with alpha, the fraction of outliers that were
+    given the explicit outlier label. Singular when alpha = 0."""
     q = np.zeros((k + 1, k + 1))
-    q[:k, :k] = np.eye(k)
+    q[:k, :k] = np.eye(k) if inliers is None else inliers
     q[:k, k] = (1.0 - alpha) / k
     q[k, k] = alpha
     return q

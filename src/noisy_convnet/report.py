@@ -142,6 +142,42 @@ def _fig3(df: pd.DataFrame):
     return fig
 
 
+def _fig4a(df: pd.DataFrame):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.4))
+    for name, g in sorted(df.groupby("method"), key=lambda t: t[0]):
+        for ax, col, scale in ((axes[0], "test_error", 100), (axes[1], "inlier_ap", 1)):
+            s = g.groupby("outlier_ratio")[col].agg(["mean", "std"]).sort_index() * scale
+            ax.errorbar(s.index, s["mean"], yerr=s["std"].fillna(0), marker="o", capsize=3, label=name)
+    axes[0].set_ylabel("inlier test error (%)")
+    axes[1].set_ylabel("inlier average precision")
+    for ax in axes:
+        ax.set_xlabel("N_out / N_in")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.suptitle("Fig. 4a: outlier noise, no noise layer vs the outlier model", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _fig4b(df: pd.DataFrame):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.8))
+    for name, g in sorted(df.groupby("method"), key=lambda t: t[0]):
+        row = g.sort_values(["outlier_ratio", "seed"]).iloc[0]
+        pr = row["_record"]["pr_curve"]
+        ax.plot(pr["recall"], pr["precision"], label=f"{name} (AP {row['inlier_ap']:.3f})")
+    ax.set_xlabel("recall (inliers)")
+    ax.set_ylabel("precision")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Fig. 4b: detecting inliers in the test set", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def figures(df: pd.DataFrame, out: Path) -> list[Path]:
     """Draw every figure the sweep has the axes for; return the PNG paths."""
     made = []
@@ -162,6 +198,11 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
     methods = set(flip["method"]) if len(flip) else set()
     if {"no noise layer", "learned Q"} <= methods and flip["level"].nunique() > 1 and flip["train_size"].nunique() > 1:
         save(_fig3(flip), "fig3_grid")
+    outl = df[df["noise"] == "outlier"] if "noise" in df else df.iloc[:0]
+    if len(outl) and outl["outlier_ratio"].nunique() > 1:
+        save(_fig4a(outl), "fig4a_outliers")
+    if len(outl) and "pr_curve" in outl["_record"].iloc[0]:
+        save(_fig4b(outl), "fig4b_inlier_pr")
     return made
 
 

@@ -21,7 +21,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from . import config, datasets, noise, plots, results
+from . import config, datasets, noise, outliers, plots, results
 from .data import TensorDataModule
 from .errors import UserError
 from .module import NoisyLabelModule
@@ -98,6 +98,45 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
     return cbs
 
 
+def prepare_flip(cfg: DictConfig, ds: datasets.Dataset) -> dict:
+    """The first train_size images of the pool with labels redrawn from Q* (label-flip noise)."""
+    k = ds.num_classes
+    chosen = datasets.subset(ds.pool, cfg.data.train_size, cfg.seed, k)
+    q_true = build_q_true(cfg, k)
+    y_noisy = noise.corrupt(chosen.y.numpy(), q_true, rng(cfg.seed, 2))
+    train = datasets.Split(chosen.x, torch.from_numpy(y_noisy))
+    return {
+        "train": train,
+        "y_true": chosen.y.numpy(),
+        "test": ds.test,
+        "num_classes": k,
+        "Q_true": q_true,
+        "extra": {},
+    }
+
+
+def prepare_outliers(cfg: DictConfig, ds: datasets.Dataset) -> dict:
+    """Inliers (train_size of them, flip noise at `level` if any), outliers with uniform labels, and
+    labelled outliers; Q* from Eq. 8. Without a noise layer the labelled outliers are left out: a
+    K-output net has no class for them."""
+    d = cfg.data
+    o = outliers.compose(ds, d.outlier_source, d.inlier_classes, d.train_size, d.outlier_ratio,
+                         d.labelled_outliers, rng(cfg.seed, 3))  # fmt: skip
+    k, y = o.num_classes, o.train.y.numpy().copy()
+    flip = noise.matrix(cfg.noise.matrix, k, cfg.level, rng(cfg.seed, 1)) if cfg.level > 0 else np.eye(k)
+    inl = o.y_true < k
+    y[inl] = noise.corrupt(o.y_true[inl], flip, rng(cfg.seed, 2))
+    q_true = noise.outlier(k, outliers.alpha(o.n_out, o.labelled), flip)
+    if cfg.q.mode == "fixed" and noise.is_singular(q_true):
+        raise UserError("data.labelled_outliers: q=fixed needs labelled outliers (> 0): Eq. 8's Q* is singular without")
+    keep = np.ones(len(y), bool) if cfg.q.mode != "none" else y < k
+    train = datasets.Split(o.train.x[torch.as_tensor(keep)], torch.from_numpy(y[keep]))
+    extra = {"outlier_ratio": d.outlier_ratio, "n_in": o.n_in, "n_out": o.n_out, "labelled_outliers": o.labelled,
+             "outlier_source": d.outlier_source}  # fmt: skip
+    return {"train": train, "y_true": o.y_true[keep], "test": o.test, "num_classes": k, "Q_true": q_true,
+            "extra": extra}  # fmt: skip
+
+
 def run(cfg: DictConfig) -> dict:
     t_start = time.perf_counter()
     cfg = config.validate(cfg)
@@ -111,21 +150,21 @@ def run(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     ds = datasets.load(cfg.data.name)
-    k = ds.num_classes
-    chosen = datasets.subset(ds.pool, cfg.data.train_size, cfg.seed, k)
-    q_true = build_q_true(cfg, k)
-    y_clean = chosen.y.numpy()
-    y_noisy = noise.corrupt(y_clean, q_true, rng(cfg.seed, 2))
-    actual_noise = float((y_noisy != y_clean).mean())
-    train, val = datasets.holdout(datasets.Split(chosen.x, torch.from_numpy(y_noisy)), cfg.data.val_fraction)
-    log.info("%s: %d train / %d val images, %.3f of labels flipped", ds.name, len(train), len(val), actual_noise)
+    prep = prepare_outliers(cfg, ds) if cfg.noise.name == "outlier" else prepare_flip(cfg, ds)
+    k, q_true = prep["num_classes"], prep["Q_true"]
+    train, val = datasets.holdout(prep["train"], cfg.data.val_fraction)
+    actual_noise = float((prep["train"].y.numpy() != prep["y_true"]).mean())
+    log.info("%s: %d train / %d val images, %.3f of labels noisy", ds.name, len(train), len(val), actual_noise)
 
-    dm = TensorDataModule(train, val, ds.test, cfg.data.batch_size, cfg.data.shift, cfg.seed, cfg.data.channels_last)
-    net = instantiate(cfg.model, in_shape=ds.shape, num_classes=k)
-    layer = instantiate(cfg.q, q_true=q_true, num_classes=k)
+    dm = TensorDataModule(
+        train, val, prep["test"], cfg.data.batch_size, cfg.data.shift, cfg.seed, cfg.data.channels_last
+    )
+    n_out = q_true.shape[0] if cfg.q.mode != "none" else k  # the outlier model has a K+1-th output
+    net = instantiate(cfg.model, in_shape=ds.shape, num_classes=n_out)
+    layer = instantiate(cfg.q, q_true=None if cfg.q.mode == "none" else q_true, num_classes=n_out)
     module = NoisyLabelModule(
         net, layer, instantiate(cfg.optim.optimizer), instantiate(cfg.optim.get("scheduler")),
-        q_true=q_true, channels_last=cfg.data.channels_last,
+        q_true=q_true, num_classes=k, channels_last=cfg.data.channels_last,
     )  # fmt: skip
     trainer: pl.Trainer = instantiate(
         cfg.trainer, logger=build_loggers(cfg) or False, callbacks=build_callbacks(cfg, run_dir),
@@ -164,6 +203,8 @@ def run(cfg: DictConfig) -> dict:
         "Q": q_end,
         "q_error": None if q_end is None else noise.q_error(q_end, q_true),
         "confusion": module.test_results["confusion"],
+        **prep["extra"],
+        **{k_: v for k_, v in module.test_results.items() if k_ not in ("test_error", "confusion")},
         "train_images_per_s": len(train) * epochs / fit_s,
         "wall_s": time.perf_counter() - t_start,
         "device": str(trainer.strategy.root_device),

@@ -1,0 +1,119 @@
+"""Outlier noise (paper Sec. "Outlier noise", Eq. 8, Fig. 4): training images that belong to none of the
+K classes and carry a label drawn uniformly from them, plus a few extra outliers labelled K+1 that make
+Q* non-singular.
+
+NumPy/PyTorch only. ``compose`` turns a data set into (training images, noisy labels, true labels,
+test set with outliers), where class K (0-based) means "outlier". Outlier sources:
+  classes -- the inliers are the first ``inlier_classes`` classes; images of the other classes are the
+             outliers (look-alikes, as other natural images are for CIFAR-10). Training outliers come
+             from the training pool, test outliers from the test set, so none is in both.
+  photos  -- patches of the photos bundled with scikit-learn (``load_sample_images``), turned into the
+             data set's shape and channels: training patches from one photo, test patches from the
+             other (an easy case).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .datasets import Dataset, Split
+from .errors import UserError
+
+SOURCES = ("classes", "photos")
+
+
+@dataclass
+class OutlierData:
+    train: Split  # inliers + outliers, noisy labels (K = the outlier label)
+    y_true: np.ndarray  # true labels of the training images, K for every outlier
+    test: Split  # test inliers (labels < K) and test outliers (label K)
+    num_classes: int  # K, the inlier classes
+    n_in: int
+    n_out: int
+    labelled: int
+
+
+def photo_patches(n: int, shape: tuple[int, int, int], photo: int, rng: np.random.Generator) -> torch.Tensor:
+    """n random square patches (48 to 160 pixels) of one bundled photo, resized to shape, uint8."""
+    from sklearn.datasets import load_sample_images
+
+    img = torch.from_numpy(load_sample_images().images[photo]).permute(2, 0, 1).float()  # (3, 427, 640)
+    c, h, w = shape
+    if c == 1:
+        img = (img * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
+    out = torch.empty(n, c, h, w)
+    for i in range(n):
+        s = int(rng.integers(48, 161))
+        y0, x0 = int(rng.integers(0, img.shape[1] - s)), int(rng.integers(0, img.shape[2] - s))
+        out[i] = F.interpolate(img[None, :, y0 : y0 + s, x0 : x0 + s], size=(h, w), mode="area")[0]
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def compose(
+    ds: Dataset,
+    source: str,
+    inlier_classes: int,
+    n_in: int,
+    ratio: float,
+    labelled: int,
+    rng: np.random.Generator,
+) -> OutlierData:
+    """Training set of n_in inliers, round(ratio * n_in) outliers with uniform labels over the K inlier
+    classes, and ``labelled`` outliers labelled K; test set of the test inliers and as many outliers."""
+    if source not in SOURCES:
+        raise UserError(f"data.outlier_source: unknown source '{source}'; allowed: {', '.join(SOURCES)}")
+    if ratio < 0:
+        raise UserError(f"data.outlier_ratio: {ratio} must be >= 0 (N_out / N_in)")
+    if labelled < 0:
+        raise UserError(f"data.labelled_outliers: {labelled} must be >= 0")
+    k = inlier_classes
+    if not 2 <= k <= (ds.num_classes - 1 if source == "classes" else ds.num_classes):
+        hi = ds.num_classes - 1 if source == "classes" else ds.num_classes
+        raise UserError(f"data.inlier_classes: {k} is outside [2, {hi}] for {ds.name} with source {source}")
+    pool_in = np.flatnonzero(ds.pool.y.numpy() < k)
+    if not k <= n_in <= len(pool_in):
+        raise UserError(f"data.train_size: {n_in} inliers is outside [{k}, {len(pool_in)}] for {k} inlier classes")
+    n_out = int(round(ratio * n_in))
+    test_in = np.flatnonzero(ds.test.y.numpy() < k)
+    inl = ds.pool.take(rng.permutation(pool_in)[:n_in])
+
+    if source == "classes":
+        pool_out = rng.permutation(np.flatnonzero(ds.pool.y.numpy() >= k))
+        if n_out + labelled > len(pool_out):
+            raise UserError(
+                f"data.labelled_outliers: {n_out} outliers + {labelled} labelled ones exceed the {len(pool_out)} "
+                f"images of classes {k}..{ds.num_classes - 1} in the pool; lower data.outlier_ratio or this"
+            )
+        x_out = ds.pool.x[torch.as_tensor(pool_out[: n_out + labelled])]
+        test_out_x = ds.test.x[torch.as_tensor(np.flatnonzero(ds.test.y.numpy() >= k))]
+    else:
+        x_out = photo_patches(n_out + labelled, ds.shape, 0, rng)
+        test_out_x = photo_patches(len(test_in), ds.shape, 1, rng)
+
+    y_out = np.concatenate([rng.integers(0, k, n_out), np.full(labelled, k)]).astype(np.int64)
+    x = torch.cat([inl.x, x_out])
+    y_noisy = np.concatenate([inl.y.numpy(), y_out])
+    y_true = np.concatenate([inl.y.numpy(), np.full(n_out + labelled, k)])
+    order = rng.permutation(len(y_noisy))  # mix, so the validation slice holds outliers too
+    test = Split(
+        torch.cat([ds.test.x[torch.as_tensor(test_in)], test_out_x]),
+        torch.cat([ds.test.y[torch.as_tensor(test_in)], torch.full((len(test_out_x),), k, dtype=torch.long)]),
+    )
+    return OutlierData(
+        Split(x[torch.as_tensor(order)], torch.from_numpy(y_noisy[order])),
+        y_true[order],
+        test,
+        k,
+        n_in,
+        n_out,
+        labelled,
+    )
+
+
+def alpha(n_out: int, labelled: int) -> float:
+    """Share of all outliers that carry the explicit outlier label: Eq. 8's alpha."""
+    return labelled / max(n_out + labelled, 1)

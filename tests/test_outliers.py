@@ -1,0 +1,70 @@
+"""Outlier noise (outliers.py, Eq. 8): the composition of the training and test sets, and a run."""
+
+import numpy as np
+import pytest
+import torch
+
+from noisy_convnet import datasets, noise, outliers
+from noisy_convnet.errors import UserError
+from noisy_convnet.train import run
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return datasets.load("mnist5k")
+
+
+def _compose(ds, **kw):
+    args = {"source": "classes", "inlier_classes": 5, "n_in": 1000, "ratio": 1.0, "labelled": 50}
+    return outliers.compose(ds, **{**args, **kw}, rng=np.random.default_rng(0))
+
+
+def test_composition_counts_and_labels(mnist):
+    o = _compose(mnist, ratio=1.5)
+    k = 5
+    assert (o.n_in, o.n_out, o.labelled) == (1000, 1500, 50)
+    assert len(o.train) == 2550 and (o.y_true == k).sum() == 1550
+    y = o.train.y.numpy()
+    out_labels = y[(o.y_true == k) & (y < k)]  # the outliers with a random label
+    counts = np.bincount(out_labels, minlength=k)
+    assert len(out_labels) == 1500 and counts.min() > 240  # uniform over the K classes (300 expected)
+    assert (y == k).sum() == 50  # the labelled outliers
+    inl = o.y_true < k
+    np.testing.assert_array_equal(y[inl], o.y_true[inl])  # no flip noise on inliers unless asked
+    assert set(o.test.y.unique().tolist()) == set(range(k + 1))
+
+
+@pytest.mark.parametrize("source", outliers.SOURCES)
+def test_no_image_in_both_training_and_test_sets(mnist, source):
+    o = _compose(mnist, source=source)
+    train = {bytes(x.numpy()) for x in o.train.x}
+    assert not any(bytes(x.numpy()) in train for x in o.test.x)
+    assert o.train.x.dtype == torch.uint8 and tuple(o.train.x.shape[1:]) == mnist.shape
+
+
+def test_eq8_with_labelled_outliers_is_non_singular_and_its_columns_sum_to_one():
+    q = noise.outlier(5, outliers.alpha(1000, 50))
+    np.testing.assert_allclose(q.sum(0), 1.0)
+    assert q[5, 5] == pytest.approx(50 / 1050) and not noise.is_singular(q)
+    np.testing.assert_allclose(q[:5, 5], (1 - 50 / 1050) / 5)
+    assert noise.is_singular(noise.outlier(5, outliers.alpha(1000, 0)))
+
+
+@pytest.mark.parametrize(
+    "kw, key",
+    [({"ratio": -1.0}, "data.outlier_ratio"), ({"labelled": 5000}, "data.labelled_outliers"),
+     ({"source": "webcam"}, "data.outlier_source"), ({"inlier_classes": 10}, "data.inlier_classes")],
+)  # fmt: skip
+def test_bad_outlier_settings_are_user_errors(mnist, kw, key):
+    with pytest.raises(UserError, match=f"^{key}: "):
+        _compose(mnist, **kw)
+
+
+@pytest.mark.parametrize("q", ["none", "fixed"])
+def test_outlier_run_reports_inlier_error_and_ap(make_cfg, tmp_path, q):
+    r = run(make_cfg("noise=outlier", "level=0", f"q={q}", "data.train_size=500", "data.labelled_outliers=20",
+                     "trainer.max_epochs=3", run_dir=tmp_path / q))  # fmt: skip
+    assert (r["n_in"], r["n_out"], r["labelled_outliers"], r["outlier_ratio"]) == (500, 500, 20, 1.0)
+    assert 0 <= r["test_error"] <= 1 and 0.5 < r["inlier_ap"] <= 1
+    assert np.array(r["Q_true"]).shape == (6, 6)
+    assert len(r["pr_curve"]["precision"]) == len(r["pr_curve"]["recall"]) > 10
