@@ -38,6 +38,10 @@ class DataConf:
     labelled_outliers: int = 50  # extra outliers labelled K+1, which make Eq. 8's Q* non-singular
     inlier_classes: int = 5  # K: the first this many classes are the inliers
     outlier_source: str = "classes"  # classes (the other classes) | photos (scikit-learn's sample photos)
+    # torchvision data sets only
+    root: str = "data"  # where the files are (or go, with download)
+    download: bool = False
+    verify: bool = True  # torchvision's MD5 checks; false trusts files in the same format
 
 
 @dataclass
@@ -95,8 +99,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     cfg = typed(cfg)
     if not 0.0 <= cfg.level < 1.0:
         raise UserError(f"level: {cfg.level} is outside [0, 1)")
-    if cfg.data.name not in datasets.LOADERS:
-        raise UserError(f"data.name: unknown data set '{cfg.data.name}'; allowed: {_allowed(datasets.LOADERS)}")
+    if cfg.data.name not in datasets.NAMES:
+        raise UserError(f"data.name: unknown data set '{cfg.data.name}'; allowed: {_allowed(datasets.NAMES)}")
     if cfg.data.train_size < 1:
         raise UserError(f"data.train_size: {cfg.data.train_size} must be a positive number of images")
     if not 0.0 <= cfg.data.val_fraction <= 0.5:

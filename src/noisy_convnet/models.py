@@ -3,6 +3,13 @@ logits; the softmax and the noise layer come after them (layers.py).
 
 convnet_small -- two 3x3 conv blocks (conv, batch norm, ReLU, 2x2 max-pool) and a hidden linear layer
                  with dropout: the CPU network for 28x28 and 8x8 digits (~0.4M weights at 28x28).
+convnet_cifar -- cuda-convnet's "layers-18pct" network, which the paper used for SVHN and CIFAR-10:
+                 three 5x5 conv layers (32, 32, 64 filters) with 3x3 stride-2 pooling (max, then
+                 average) and local response normalisation, then one linear layer (~80k weights).
+                 About 18% test error on clean CIFAR-10 in its original recipe.
+resnet18      -- torchvision's ResNet-18, optionally with a 3x3 stride-1 stem and no max-pool for
+                 32x32 images (``small_stem``), and with its first layer taking C input channels.
+alexnet       -- torchvision's AlexNet, for ImageNet-sized images (at least 63x63).
 """
 
 from __future__ import annotations
@@ -43,3 +50,46 @@ class SmallConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class ConvNetCifar(nn.Module):
+    """cuda-convnet layers-18pct: conv5x5(32) -> maxpool3/2 -> ReLU -> LRN -> conv5x5(32) -> ReLU ->
+    avgpool3/2 -> LRN -> conv5x5(64) -> ReLU -> avgpool3/2 -> linear. LRN over 3 maps, alpha 5e-5,
+    beta 0.75 as in its layer file."""
+
+    def __init__(self, in_shape: Sequence[int], num_classes: int):
+        super().__init__()
+        c = in_shape[0]
+        self.features = nn.Sequential(
+            nn.Conv2d(c, 32, 5, padding=2), nn.MaxPool2d(3, 2, padding=1), nn.ReLU(inplace=True),
+            nn.LocalResponseNorm(3, alpha=5e-5, beta=0.75),
+            nn.Conv2d(32, 32, 5, padding=2), nn.ReLU(inplace=True), nn.AvgPool2d(3, 2, padding=1),
+            nn.LocalResponseNorm(3, alpha=5e-5, beta=0.75),
+            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(inplace=True), nn.AvgPool2d(3, 2, padding=1),
+            nn.Flatten(),
+        )  # fmt: skip
+        self.head = nn.Linear(_flat_size(self.features, in_shape), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def resnet18(in_shape: Sequence[int], num_classes: int, small_stem: bool = True) -> nn.Module:
+    from torchvision.models import resnet18 as tv_resnet18
+
+    net = tv_resnet18(weights=None, num_classes=num_classes)
+    if small_stem:  # 32x32 inputs: keep the resolution the 7x7/2 stem and max-pool would throw away
+        net.conv1 = nn.Conv2d(in_shape[0], 64, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+    elif in_shape[0] != 3:
+        net.conv1 = nn.Conv2d(in_shape[0], 64, 7, 2, 3, bias=False)
+    return net
+
+
+def alexnet(in_shape: Sequence[int], num_classes: int, dropout: float = 0.5) -> nn.Module:
+    from torchvision.models import alexnet as tv_alexnet
+
+    net = tv_alexnet(weights=None, num_classes=num_classes, dropout=dropout)
+    if in_shape[0] != 3:
+        net.features[0] = nn.Conv2d(in_shape[0], 64, 11, 4, 2)
+    return net

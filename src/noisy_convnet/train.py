@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
+from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from . import config, datasets, noise, outliers, plots, results
@@ -149,7 +149,7 @@ def run(cfg: DictConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    ds = datasets.load(cfg.data.name)
+    ds = datasets.load(cfg.data.name, to_absolute_path(cfg.data.root), cfg.data.download, cfg.data.verify)
     prep = prepare_outliers(cfg, ds) if cfg.noise.name == "outlier" else prepare_flip(cfg, ds)
     k, q_true = prep["num_classes"], prep["Q_true"]
     train, val = datasets.holdout(prep["train"], cfg.data.val_fraction)

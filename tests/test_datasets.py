@@ -1,0 +1,134 @@
+"""Data sets: the embedded ones, and torchvision's loaders on small files written in the real on-disk
+format (MNIST idx, CIFAR python pickle batches, SVHN .mat). MD5 checks are torchvision's: these small
+files fail them, so the tests load with verify=False and check that verify=True refuses them cleanly."""
+
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import scipy.io
+
+from noisy_convnet import datasets
+from noisy_convnet.errors import UserError
+from noisy_convnet.train import run
+
+from .conftest import run_cli
+
+N_TRAIN, N_TEST = 200, 20
+
+
+def _idx(path, arr):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    magic = 0x0803 if arr.ndim == 3 else 0x0801
+    path.write_bytes(struct.pack(">i", magic) + b"".join(struct.pack(">i", d) for d in arr.shape) + arr.tobytes())
+
+
+def write_mnist(root, folder):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", N_TRAIN), ("t10k", N_TEST)):
+        _idx(root / folder / "raw" / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        _idx(root / folder / "raw" / f"{split}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+
+
+def write_cifar(root, k):
+    rng = np.random.default_rng(0)
+    folder = root / ("cifar-10-batches-py" if k == 10 else "cifar-100-python")
+    folder.mkdir(parents=True)
+    key = "labels" if k == 10 else "fine_labels"
+
+    def batch(name, n):
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)  # rows of R, G, B planes, as CIFAR stores them
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, key: (np.arange(n) % k).tolist()}, f)
+
+    if k == 10:
+        for i in range(1, 6):
+            batch(f"data_batch_{i}", N_TRAIN // 5)
+        batch("test_batch", N_TEST)
+        meta = ("batches.meta", "label_names")
+    else:
+        batch("train", N_TRAIN)
+        batch("test", N_TEST)
+        meta = ("meta", "fine_label_names")
+    with open(folder / meta[0], "wb") as f:
+        pickle.dump({meta[1]: [f"class{i}" for i in range(k)]}, f)
+
+
+def write_svhn(root):
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", N_TRAIN), ("test", N_TEST)):
+        x = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+        y = (np.arange(n) % 10 + 1).reshape(-1, 1).astype(np.uint8)  # SVHN labels digit 0 as 10
+        scipy.io.savemat(root / f"{split}_32x32.mat", {"X": x, "y": y})
+
+
+WRITERS = {
+    "mnist": lambda r: write_mnist(r, "MNIST"),
+    "fashion_mnist": lambda r: write_mnist(r, "FashionMNIST"),
+    "cifar10": lambda r: write_cifar(r, 10),
+    "cifar100": lambda r: write_cifar(r, 100),
+    "svhn": write_svhn,
+}
+SHAPES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32),
+          "svhn": (3, 32, 32)}  # fmt: skip
+
+
+def test_embedded_sets_and_fixed_test_split():
+    m = datasets.load("mnist5k")
+    assert (len(m.pool), len(m.test), m.num_classes, m.shape) == (4000, 1000, 10, (1, 28, 28))
+    d = datasets.load("digits")
+    assert (len(d.pool), len(d.test), d.shape) == (1497, 300, (1, 8, 8))
+    assert d.pool.x.max() == 255 and d.pool.x.dtype == m.pool.x.dtype
+    sub = datasets.subset(m.pool, 1000, seed=3, num_classes=10)
+    assert datasets.subset(m.pool, 2000, seed=3, num_classes=10).x[:1000].equal(sub.x)  # nested sizes
+
+
+@pytest.mark.parametrize("name", sorted(WRITERS))
+def test_torchvision_loader_reads_the_real_format(tmp_path, name):
+    WRITERS[name](tmp_path)
+    ds = datasets.load(name, str(tmp_path), download=False, verify=False)
+    assert (len(ds.pool), len(ds.test), ds.shape) == (N_TRAIN, N_TEST, SHAPES[name])
+    assert ds.num_classes == (100 if name == "cifar100" else 10)
+    assert ds.pool.x.dtype.is_floating_point is False and int(ds.pool.y.max()) < ds.num_classes
+    assert sorted(ds.pool.y.unique().tolist())[:10] == list(range(10))  # SVHN's 10 became 0
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn"])
+def test_md5_check_is_torchvisions_and_refuses_other_files(tmp_path, name):
+    WRITERS[name](tmp_path)
+    with pytest.raises(UserError, match="^data.root: .*MD5.*data.verify=false"):
+        datasets.load(name, str(tmp_path), verify=True)
+
+
+@pytest.mark.parametrize("name", sorted(WRITERS))
+def test_missing_data_set_is_a_user_error_saying_where(tmp_path, name):
+    with pytest.raises(UserError, match=f"^data.root: {name} .*under '{tmp_path}'.*data.download=true"):
+        datasets.load(name, str(tmp_path), verify=False)
+
+
+def test_missing_data_set_from_the_command_line_is_one_clean_line(tmp_path):
+    p = run_cli("data=cifar10", f"data.root={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}", "logger=none")
+    assert p.returncode == 2
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: data.root: cifar10") and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize(
+    "name, model", [("cifar10", "convnet_cifar"), ("svhn", "resnet18"), ("mnist", "convnet_small"),
+                    ("cifar100", "convnet_cifar"), ("fashion_mnist", "resnet18")],
+)  # fmt: skip
+def test_train_a_few_steps_on_each_data_set_and_network(make_cfg, tmp_path, name, model):
+    WRITERS[name](tmp_path / "data")
+    r = run(make_cfg(f"data={name}", f"data.root={tmp_path / 'data'}", "data.verify=false", f"model={model}",
+                     "data.train_size=150", "data.batch_size=32", "q=learned"))  # fmt: skip
+    assert r["dataset"] == name and r["epochs"] == 1 and np.array(r["Q"]).shape == (r["num_classes"],) * 2
+
+
+def test_alexnet_on_imagenet_sized_images(make_cfg, tmp_path):
+    import torch
+
+    from noisy_convnet.models import alexnet
+
+    assert alexnet((3, 64, 64), 7)(torch.zeros(2, 3, 64, 64)).shape == (2, 7)
