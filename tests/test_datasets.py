@@ -132,3 +132,35 @@ def test_alexnet_on_imagenet_sized_images(make_cfg, tmp_path):
     from noisy_convnet.models import alexnet
 
     assert alexnet((3, 64, 64), 7)(torch.zeros(2, 3, 64, 64)).shape == (2, 7)
+
+
+def test_real_noisy_labels_from_a_cifar10n_style_file(make_cfg, tmp_path):
+    import torch
+
+    write_cifar(tmp_path / "data", 10)
+    clean = np.arange(N_TRAIN) % 10
+    worse = np.where(np.arange(N_TRAIN) % 3 == 0, (clean + 1) % 10, clean)  # a third flipped to the next class
+    torch.save({"clean_label": clean, "worse_label": worse}, tmp_path / "CIFAR-10_human.pt")
+    cfg = make_cfg("data=cifar10", f"data.root={tmp_path / 'data'}", "data.verify=false", "model=convnet_cifar",
+                   "noise=labels", f"noise.file={tmp_path / 'CIFAR-10_human.pt'}", "noise.column=worse_label",
+                   "data.train_size=150", "q=fixed")  # fmt: skip
+    r = run(cfg)
+    q_true = np.array(r["Q_true"])
+    assert r["noise"] == "labels" and r["actual_noise"] == pytest.approx(r["level"])
+    assert 0.25 < r["actual_noise"] < 0.42
+    assert np.allclose(q_true.sum(0), 1) and all(q_true[(i + 1) % 10, i] > 0.2 for i in range(10))
+
+
+def test_bad_label_files_are_user_errors(tmp_path):
+    from noisy_convnet import noise
+
+    np.save(tmp_path / "short.npy", np.zeros(5, dtype=np.int64))
+    with pytest.raises(UserError, match="^noise.file: 5 labels"):
+        noise.labels_from_file(tmp_path / "short.npy", None, 10, 10)
+    import torch
+
+    torch.save({"a": np.zeros(10), "b": np.zeros(10)}, tmp_path / "two.pt")
+    with pytest.raises(UserError, match="^noise.column: .*several columns"):
+        noise.labels_from_file(tmp_path / "two.pt", None, 10, 10)
+    with pytest.raises(UserError, match="^noise.file: .*does not exist"):
+        noise.labels_from_file(tmp_path / "none.csv", None, 10, 10)

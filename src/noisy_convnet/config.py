@@ -22,7 +22,7 @@ from .errors import UserError
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 # Config groups a user picks by name on the command line (``group=option``).
 GROUPS = ("data", "noise", "q", "model", "optim", "trainer", "logger", "experiment")
-NOISE_NAMES = ("none", "flip", "outlier")
+NOISE_NAMES = ("none", "flip", "outlier", "labels")
 
 
 @dataclass
@@ -48,6 +48,8 @@ class DataConf:
 class NoiseConf:
     name: str = "flip"
     matrix: str = "random"  # uniform | pair | random | path to a .npy/.csv K x K matrix
+    file: str | None = None  # noise=labels: .npy/.csv/.pt of one noisy label per training-pool image
+    column: str | None = None  # noise=labels: which column of a .csv or .pt file (e.g. aggre_label)
 
 
 @dataclass
@@ -109,8 +111,10 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise UserError(f"data.batch_size: {cfg.data.batch_size} must be >= 1")
     if cfg.noise.name not in NOISE_NAMES:
         raise UserError(f"noise.name: unknown noise '{cfg.noise.name}'; allowed: {_allowed(NOISE_NAMES)}")
+    if cfg.noise.name == "labels" and not cfg.noise.file:
+        raise UserError("noise.file: noise=labels needs noise.file=PATH (.npy, .csv or .pt, one label per pool image)")
     m = cfg.noise.matrix
-    if m not in noise.MATRIX_KINDS and Path(m).suffix not in (".npy", ".csv"):
+    if cfg.noise.name != "labels" and m not in noise.MATRIX_KINDS and Path(m).suffix not in (".npy", ".csv"):
         raise UserError(f"noise.matrix: '{m}' is not one of {_allowed(noise.MATRIX_KINDS)} nor a .npy/.csv path")
     if cfg.q.mode not in layers.MODES:
         raise UserError(f"q.mode: unknown mode '{cfg.q.mode}'; allowed: {_allowed(layers.MODES)}")

@@ -138,15 +138,19 @@ def load(name: str, root: str = "data", download: bool = False, verify: bool = T
     raise UserError(f"data.name: unknown data set '{name}'; allowed: {', '.join(NAMES)}")
 
 
-def subset(pool: Split, train_size: int, seed: int, num_classes: int) -> Split:
-    """The first ``train_size`` of a seeded permutation of the pool. Nested across sizes: for one seed,
-    the 1,000-image set is the start of the 2,000-image one."""
-    if not num_classes <= train_size <= len(pool):
+def subset_indices(n_pool: int, train_size: int, seed: int, num_classes: int) -> np.ndarray:
+    """The first ``train_size`` of a seeded permutation of the pool's indices. Nested across sizes: for
+    one seed, the 1,000-image set is the start of the 2,000-image one."""
+    if not num_classes <= train_size <= n_pool:
         raise UserError(
-            f"data.train_size: {train_size} is outside [{num_classes}, {len(pool)}] "
+            f"data.train_size: {train_size} is outside [{num_classes}, {n_pool}] "
             f"(at least one image per class, at most the pool of this data set)"
         )
-    return pool.take(np.random.default_rng(seed).permutation(len(pool))[:train_size])
+    return np.random.default_rng(seed).permutation(n_pool)[:train_size]
+
+
+def subset(pool: Split, train_size: int, seed: int, num_classes: int) -> Split:
+    return pool.take(subset_indices(len(pool), train_size, seed, num_classes))
 
 
 def holdout(data: Split, val_fraction: float) -> tuple[Split, Split]:

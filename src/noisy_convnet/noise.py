@@ -10,6 +10,7 @@ mass of Q's columns (weighted by class frequency), e.g. ~0.50 for ``matrix("unif
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,37 @@ def realised(y_true: np.ndarray, y_noisy: np.ndarray, k: int) -> np.ndarray:
 def q_error(q: np.ndarray, q_true: np.ndarray) -> float:
     """Mean over columns of the L1 distance between two transition matrices (0 = equal, 2 = disjoint)."""
     return float(np.abs(q - q_true).sum(axis=0).mean())
+
+
+def labels_from_file(path: str | Path, column: str | None, n: int, k: int) -> np.ndarray:
+    """One noisy label per pool image, in the pool's order: a .npy vector, a .csv (one column, or the
+    column named ``column``), or the .pt dict of CIFAR-10N/CIFAR-100N's human labels (``column`` picks
+    e.g. aggre_label, worse_label, random_label1)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"noise.file: '{path}' does not exist; give a .npy, .csv or .pt file of noisy labels")
+    try:
+        if path.suffix == ".npy":
+            table = {None: np.load(path)}
+        elif path.suffix == ".pt":
+            import torch
+
+            table = dict(torch.load(path, weights_only=False))
+        elif path.suffix == ".csv":
+            import pandas as pd
+
+            table = dict(pd.read_csv(path).items())
+        else:
+            raise UserError(f"noise.file: '{path}' is not a .npy, .csv or .pt file")
+    except (ValueError, OSError, pickle.UnpicklingError) as e:
+        raise UserError(f"noise.file: cannot read '{path}' ({e})") from None
+    if column is None and len(table) != 1:
+        raise UserError(f"noise.column: '{path}' has several columns; choose one of {', '.join(map(str, table))}")
+    if column is not None and column not in table:
+        raise UserError(f"noise.column: '{column}' is not in '{path}'; choose one of {', '.join(map(str, table))}")
+    y = np.asarray(table[column] if column is not None else next(iter(table.values()))).reshape(-1)
+    if len(y) != n:
+        raise UserError(f"noise.file: {len(y)} labels in '{path}', but the training pool has {n} images")
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= k:
+        raise UserError(f"noise.file: labels must be integers in [0, {k - 1}]")
+    return y.astype(np.int64)

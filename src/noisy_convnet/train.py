@@ -115,6 +115,21 @@ def prepare_flip(cfg: DictConfig, ds: datasets.Dataset) -> dict:
     }
 
 
+def prepare_labels(cfg: DictConfig, ds: datasets.Dataset) -> dict:
+    """Real noisy labels from a file (one per pool image); Q_true is their realised noise matrix."""
+    k = ds.num_classes
+    y_file = noise.labels_from_file(to_absolute_path(cfg.noise.file), cfg.noise.column, len(ds.pool), k)
+    idx = datasets.subset_indices(len(ds.pool), cfg.data.train_size, cfg.seed, k)
+    chosen = ds.pool.take(idx)
+    y_clean, y_noisy = chosen.y.numpy(), y_file[idx]
+    q_true = noise.realised(y_clean, y_noisy, k)
+    if cfg.q.mode == "fixed" and noise.is_singular(q_true):
+        raise UserError("q: 'fixed' needs a non-singular Q*, and the realised matrix of these labels is singular")
+    train = datasets.Split(chosen.x, torch.from_numpy(y_noisy))
+    return {"train": train, "y_true": y_clean, "test": ds.test, "num_classes": k, "Q_true": q_true,
+            "extra": {"noise_file": cfg.noise.file, "noise_column": cfg.noise.column}}  # fmt: skip
+
+
 def prepare_outliers(cfg: DictConfig, ds: datasets.Dataset) -> dict:
     """Inliers (train_size of them, flip noise at `level` if any), outliers with uniform labels, and
     labelled outliers; Q* from Eq. 8. Without a noise layer the labelled outliers are left out: a
@@ -150,7 +165,8 @@ def run(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     ds = datasets.load(cfg.data.name, to_absolute_path(cfg.data.root), cfg.data.download, cfg.data.verify)
-    prep = prepare_outliers(cfg, ds) if cfg.noise.name == "outlier" else prepare_flip(cfg, ds)
+    prepare = {"outlier": prepare_outliers, "labels": prepare_labels}.get(cfg.noise.name, prepare_flip)
+    prep = prepare(cfg, ds)
     k, q_true = prep["num_classes"], prep["Q_true"]
     train, val = datasets.holdout(prep["train"], cfg.data.val_fraction)
     actual_noise = float((prep["train"].y.numpy() != prep["y_true"]).mean())
@@ -190,7 +206,7 @@ def run(cfg: DictConfig) -> dict:
         "train_size": cfg.data.train_size,
         "noise": cfg.noise.name,
         "matrix": cfg.noise.matrix,
-        "level": cfg.level if cfg.noise.name != "none" else 0.0,
+        "level": {"none": 0.0, "labels": actual_noise}.get(cfg.noise.name, cfg.level),
         "q": cfg.q.mode,
         "seed": cfg.seed,
         "epochs": epochs,
