@@ -8,12 +8,18 @@ from noisy_convnet.errors import UserError
 
 from .conftest import run_cli
 
+# Options that need one more value from the user; without it they must fail validation.
+REQUIRED = {"noise=labels": "noise.file=labels.npy"}
+
 
 @pytest.mark.parametrize("group", [g for g in config.GROUPS if g != "experiment"])
 def test_every_option_of_every_group_composes_and_validates(make_cfg, group):
     for option in config.group_options(group):
-        cfg = make_cfg(f"{group}={option}")
-        config.validate(cfg)
+        choice = f"{group}={option}"
+        config.validate(make_cfg(choice, *([REQUIRED[choice]] if choice in REQUIRED else [])))
+        if choice in REQUIRED:
+            with pytest.raises(UserError, match=f"^{REQUIRED[choice].split('=')[0]}: "):
+                config.validate(make_cfg(choice))
 
 
 def test_documented_overrides_reach_the_config(make_cfg, tmp_path):

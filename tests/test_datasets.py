@@ -164,3 +164,34 @@ def test_bad_label_files_are_user_errors(tmp_path):
         noise.labels_from_file(tmp_path / "two.pt", None, 10, 10)
     with pytest.raises(UserError, match="^noise.file: .*does not exist"):
         noise.labels_from_file(tmp_path / "none.csv", None, 10, 10)
+
+
+def write_image_folder(root, classes=("cat", "dog", "fox"), n_train=12, n_val=4):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for part, n in (("train", n_train), ("val", n_val)):
+        for c in classes:
+            (root / part / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / part / c / f"{i}.png")
+
+
+def test_image_folder_trains_through_dataloader_workers(make_cfg, tmp_path):
+    write_image_folder(tmp_path / "imgs")
+    ds = datasets.load("imagefolder", str(tmp_path / "imgs"), image_size=32)
+    assert (len(ds.pool), len(ds.test), ds.num_classes, ds.shape) == (36, 12, 3, (3, 32, 32))
+    folder = ["data=imagefolder", f"data.root={tmp_path / 'imgs'}", "data.image_size=32", "data.num_workers=1"]
+    r = run(make_cfg(*folder, "data.train_size=30", "data.batch_size=8", "model=convnet_cifar", "level=0.3"))
+    assert r["dataset"] == "imagefolder" and r["num_classes"] == 3 and 0 <= r["test_error"] <= 1
+
+
+def test_image_folder_without_root_or_val_is_a_clean_error(tmp_path):
+    p = run_cli("data=imagefolder", f"hydra.run.dir={tmp_path / 'run'}", "logger=none")
+    assert (
+        p.returncode == 2
+        and p.stderr.strip() == "error: data.root: required, give it on the command line (data.root=...)"
+    )
+    (tmp_path / "imgs" / "train" / "a").mkdir(parents=True)
+    with pytest.raises(UserError, match="^data.root: no 'val' folder"):
+        datasets.load("imagefolder", str(tmp_path / "imgs"))

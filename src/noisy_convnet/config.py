@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from . import datasets, layers, noise
@@ -42,6 +42,9 @@ class DataConf:
     root: str = "data"  # where the files are (or go, with download)
     download: bool = False
     verify: bool = True  # torchvision's MD5 checks; false trusts files in the same format
+    # data=imagefolder only
+    image_size: int = 224  # centre crop, pixels
+    num_workers: int = 4  # DataLoader workers decoding the images
 
 
 @dataclass
@@ -59,7 +62,7 @@ class QConf:
     param: str = "softmax"
     init_flip: float = 0.01
     lr: float | None = None
-    trace_weight: float = 0.0
+    trace_weight: Any = 0.0  # a weight, or a list of weights to choose from on the noisy validation slice
     warmup_epochs: int = 0
 
 
@@ -98,6 +101,9 @@ def typed(cfg: DictConfig) -> DictConfig:
 
 def validate(cfg: DictConfig) -> DictConfig:
     """Check every user-facing value; return the typed config. Raises UserError on the first bad one."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise UserError(f"{missing[0]}: required, give it on the command line ({missing[0]}=...)")
     cfg = typed(cfg)
     if not 0.0 <= cfg.level < 1.0:
         raise UserError(f"level: {cfg.level} is outside [0, 1)")
@@ -120,8 +126,13 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise UserError(f"q.mode: unknown mode '{cfg.q.mode}'; allowed: {_allowed(layers.MODES)}")
     if cfg.q.param not in layers.PARAMS:
         raise UserError(f"q.param: unknown '{cfg.q.param}'; allowed: {_allowed(layers.PARAMS)}")
-    if cfg.q.trace_weight < 0:
-        raise UserError(f"q.trace_weight: {cfg.q.trace_weight} must be >= 0")
+    weights = cfg.q.trace_weight if isinstance(cfg.q.trace_weight, ListConfig) else [cfg.q.trace_weight]
+    if not weights or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights):
+        raise UserError(f"q.trace_weight: {cfg.q.trace_weight} must be a number >= 0 or a list of them")
+    if len(weights) > 1 and cfg.data.val_fraction == 0:
+        raise UserError(
+            "q.trace_weight: choosing among several weights needs a validation slice; set data.val_fraction > 0"
+        )
     if cfg.q.lr is not None and cfg.q.lr <= 0:
         raise UserError(f"q.lr: {cfg.q.lr} must be > 0 (or null for the network's learning rate)")
     if not 0.0 <= cfg.q.init_flip < 1.0:

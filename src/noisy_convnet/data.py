@@ -109,3 +109,55 @@ class TensorDataModule(pl.LightningDataModule):
 
     def test_dataloader(self):
         return self._loaders["test"]
+
+
+class _Relabelled(torch.utils.data.Dataset):
+    """The images of a folder-backed Split with the Split's (noisy) labels."""
+
+    def __init__(self, split: Split):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        image, _ = self.split.source[int(self.split.x[i])]
+        return image, self.split.y[i]
+
+
+class FolderDataModule(pl.LightningDataModule):
+    """Image folders too big for memory: DataLoader workers decode and resize (uint8), normalisation
+    with ImageNet's statistics happens on the device after the transfer."""
+
+    MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+    def __init__(self, train: Split, val: Split, test: Split, batch_size: int = 128, num_workers: int = 4,
+                 seed: int = 0, channels_last: bool = False):  # fmt: skip
+        super().__init__()
+        self.splits = {"train": train, "val": val, "test": test}
+        self.batch_size, self.num_workers, self.seed, self.channels_last = batch_size, num_workers, seed, channels_last
+
+    def _loader(self, name: str, shuffle: bool):
+        return torch.utils.data.DataLoader(
+            _Relabelled(self.splits[name]), batch_size=self.batch_size, shuffle=shuffle,
+            num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.seed),
+        )  # fmt: skip
+
+    def train_dataloader(self):
+        return self._loader("train", True)
+
+    def val_dataloader(self):
+        return self._loader("val", False) if len(self.splits["val"]) else []
+
+    def test_dataloader(self):
+        return self._loader("test", False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        x, y = batch
+        mean = torch.tensor(self.MEAN, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.STD, device=x.device).view(1, -1, 1, 1)
+        x = (x.float() / 255.0 - mean) / std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y

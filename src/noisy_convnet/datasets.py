@@ -14,6 +14,7 @@ and its checks that the files exist, but skips their MD5 sums (for re-packed cop
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,17 +26,22 @@ SPLIT_SEED = 12345  # fixed: the test set must not move with the run's seed
 
 @dataclass
 class Split:
-    """Images as uint8 (N, C, H, W) and labels as int64 (N,)."""
+    """Images as uint8 (N, C, H, W) and labels as int64 (N,). For a data set too big for memory (an image
+    folder), ``x`` holds indices into ``source``, a torchvision data set read by DataLoader workers."""
 
     x: torch.Tensor
     y: torch.Tensor
+    source: object | None = None
 
     def __len__(self) -> int:
         return len(self.y)
 
     def take(self, idx: np.ndarray | torch.Tensor) -> Split:
         idx = torch.as_tensor(idx, dtype=torch.long)
-        return Split(self.x[idx], self.y[idx])
+        return Split(self.x[idx], self.y[idx], self.source)
+
+    def relabel(self, y: np.ndarray | torch.Tensor) -> Split:
+        return Split(self.x, torch.as_tensor(y, dtype=torch.long), self.source)
 
 
 @dataclass
@@ -45,9 +51,11 @@ class Dataset:
     test: Split  # clean test set, never corrupted, never used to choose anything
     num_classes: int
 
+    image_shape: tuple[int, int, int] | None = None  # set where pool.x holds indices, not images
+
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.pool.x.shape[1:])
+        return self.image_shape or tuple(self.pool.x.shape[1:])
 
 
 def _split(x: np.ndarray, y: np.ndarray, test_size: int, name: str, k: int) -> Dataset:
@@ -126,15 +134,43 @@ def _torchvision(name: str, root: str, download: bool, verify: bool) -> Dataset:
     return Dataset(name, out[0], out[1], k)
 
 
+def _imagefolder(root: str, image_size: int) -> Dataset:
+    """ImageNet-style folders: root/train/<class>/*.jpg and root/val/<class>/*.jpg, read by workers and
+    resized (shorter side to 8/7 of image_size, then a centre crop of image_size)."""
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+
+    for part in ("train", "val"):
+        if not (Path(root) / part).is_dir():
+            raise UserError(
+                f"data.root: no '{part}' folder under '{root}'; an image folder needs {root}/train/<class>/ and "
+                f"{root}/val/<class>/ with the same class folders"
+            )
+    tf = transforms.Compose([transforms.Resize(image_size * 8 // 7), transforms.CenterCrop(image_size),
+                             transforms.PILToTensor()])  # fmt: skip
+    try:
+        parts = [ImageFolder(str(Path(root) / part), transform=tf) for part in ("train", "val")]
+    except (FileNotFoundError, RuntimeError) as e:
+        raise UserError(f"data.root: cannot read the image folder '{root}' ({e})") from None
+    if parts[0].classes != parts[1].classes:
+        raise UserError(f"data.root: {root}/train and {root}/val have different class folders")
+    splits = [Split(torch.arange(len(p)), torch.as_tensor(p.targets, dtype=torch.long), p) for p in parts]
+    ds = Dataset("imagefolder", splits[0], splits[1], len(parts[0].classes))
+    ds.image_shape = (3, image_size, image_size)
+    return ds
+
+
 EMBEDDED = {"mnist5k": _mnist5k, "digits": _digits}
-NAMES = (*EMBEDDED, *TORCHVISION)
+NAMES = (*EMBEDDED, *TORCHVISION, "imagefolder")
 
 
-def load(name: str, root: str = "data", download: bool = False, verify: bool = True) -> Dataset:
+def load(name: str, root: str = "data", download: bool = False, verify: bool = True, image_size: int = 224) -> Dataset:
     if name in EMBEDDED:
         return EMBEDDED[name]()
     if name in TORCHVISION:
         return _torchvision(name, root, download, verify)
+    if name == "imagefolder":
+        return _imagefolder(root, image_size)
     raise UserError(f"data.name: unknown data set '{name}'; allowed: {', '.join(NAMES)}")
 
 
@@ -157,4 +193,4 @@ def holdout(data: Split, val_fraction: float) -> tuple[Split, Split]:
     """(train, val): the last ``round(val_fraction * N)`` images form the (noisy) validation slice."""
     n_val = int(round(val_fraction * len(data)))
     cut = len(data) - n_val
-    return Split(data.x[:cut], data.y[:cut]), Split(data.x[cut:], data.y[cut:])
+    return data.take(np.arange(cut)), data.take(np.arange(cut, len(data)))

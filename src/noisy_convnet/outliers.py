@@ -64,6 +64,8 @@ def compose(
 ) -> OutlierData:
     """Training set of n_in inliers, round(ratio * n_in) outliers with uniform labels over the K inlier
     classes, and ``labelled`` outliers labelled K; test set of the test inliers and as many outliers."""
+    if ds.pool.source is not None:
+        raise UserError(f"noise: outlier noise works on the in-memory data sets, not on {ds.name}")
     if source not in SOURCES:
         raise UserError(f"data.outlier_source: unknown source '{source}'; allowed: {', '.join(SOURCES)}")
     if ratio < 0:

@@ -19,10 +19,10 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate, to_absolute_path
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from . import config, datasets, noise, outliers, plots, results
-from .data import TensorDataModule
+from .data import FolderDataModule, TensorDataModule
 from .errors import UserError
 from .module import NoisyLabelModule
 
@@ -104,7 +104,7 @@ def prepare_flip(cfg: DictConfig, ds: datasets.Dataset) -> dict:
     chosen = datasets.subset(ds.pool, cfg.data.train_size, cfg.seed, k)
     q_true = build_q_true(cfg, k)
     y_noisy = noise.corrupt(chosen.y.numpy(), q_true, rng(cfg.seed, 2))
-    train = datasets.Split(chosen.x, torch.from_numpy(y_noisy))
+    train = chosen.relabel(y_noisy)
     return {
         "train": train,
         "y_true": chosen.y.numpy(),
@@ -125,7 +125,7 @@ def prepare_labels(cfg: DictConfig, ds: datasets.Dataset) -> dict:
     q_true = noise.realised(y_clean, y_noisy, k)
     if cfg.q.mode == "fixed" and noise.is_singular(q_true):
         raise UserError("q: 'fixed' needs a non-singular Q*, and the realised matrix of these labels is singular")
-    train = datasets.Split(chosen.x, torch.from_numpy(y_noisy))
+    train = chosen.relabel(y_noisy)
     return {"train": train, "y_true": y_clean, "test": ds.test, "num_classes": k, "Q_true": q_true,
             "extra": {"noise_file": cfg.noise.file, "noise_column": cfg.noise.column}}  # fmt: skip
 
@@ -152,32 +152,22 @@ def prepare_outliers(cfg: DictConfig, ds: datasets.Dataset) -> dict:
             "extra": extra}  # fmt: skip
 
 
-def run(cfg: DictConfig) -> dict:
-    t_start = time.perf_counter()
-    cfg = config.validate(cfg)
-    run_dir = Path(cfg.run_dir)
-    done = results.finished(run_dir, OmegaConf.to_container(cfg, resolve=True))
-    if done is not None:  # resume: this cell already ran with this very config
-        log.info("already finished, skipped: %s", run_dir / results.RESULTS_FILE)
-        return done
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-
-    ds = datasets.load(cfg.data.name, to_absolute_path(cfg.data.root), cfg.data.download, cfg.data.verify)
-    prepare = {"outlier": prepare_outliers, "labels": prepare_labels}.get(cfg.noise.name, prepare_flip)
-    prep = prepare(cfg, ds)
+def fit(cfg: DictConfig, ds: datasets.Dataset, prep: dict, trace_weight: float | None, run_dir: Path) -> dict:
+    """Train base net + noise layer on the prepared (noisy) data, test the base net; the run's numbers."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)  # every candidate starts from the same weights
     k, q_true = prep["num_classes"], prep["Q_true"]
     train, val = datasets.holdout(prep["train"], cfg.data.val_fraction)
-    actual_noise = float((prep["train"].y.numpy() != prep["y_true"]).mean())
-    log.info("%s: %d train / %d val images, %.3f of labels noisy", ds.name, len(train), len(val), actual_noise)
-
-    dm = TensorDataModule(
-        train, val, prep["test"], cfg.data.batch_size, cfg.data.shift, cfg.seed, cfg.data.channels_last
-    )
+    if train.source is None:  # in memory: tensors on the device
+        dm = TensorDataModule(
+            train, val, prep["test"], cfg.data.batch_size, cfg.data.shift, cfg.seed, cfg.data.channels_last
+        )
+    else:  # an image folder: DataLoader workers
+        dm = FolderDataModule(train, val, prep["test"], cfg.data.batch_size, cfg.data.num_workers, cfg.seed,
+                              cfg.data.channels_last)  # fmt: skip
     n_out = q_true.shape[0] if cfg.q.mode != "none" else k  # the outlier model has a K+1-th output
     net = instantiate(cfg.model, in_shape=ds.shape, num_classes=n_out)
-    layer = instantiate(cfg.q, q_true=None if cfg.q.mode == "none" else q_true, num_classes=n_out)
+    q_cfg = {"trace_weight": trace_weight} if trace_weight is not None else {}
+    layer = instantiate(cfg.q, q_true=None if cfg.q.mode == "none" else q_true, num_classes=n_out, **q_cfg)
     module = NoisyLabelModule(
         net, layer, instantiate(cfg.optim.optimizer), instantiate(cfg.optim.get("scheduler")),
         q_true=q_true, num_classes=k, channels_last=cfg.data.channels_last,
@@ -186,7 +176,6 @@ def run(cfg: DictConfig) -> dict:
         cfg.trainer, logger=build_loggers(cfg) or False, callbacks=build_callbacks(cfg, run_dir),
         default_root_dir=str(run_dir), enable_checkpointing=cfg.early_stopping,
     )  # fmt: skip
-
     t_fit = time.perf_counter()
     trainer.fit(module, dm)
     fit_s = time.perf_counter() - t_fit
@@ -197,9 +186,51 @@ def run(cfg: DictConfig) -> dict:
     )
     trainer.test(module, dm, ckpt_path="best" if cfg.early_stopping else None, verbose=False)
     _finish_wandb(trainer)
-
     q_end = module.noise.q()
     q_end = None if q_end is None else q_end.detach().cpu().numpy()
+    return {
+        "epochs": epochs,
+        "trace_weight": layer.trace_weight if cfg.q.mode == "learned" else None,
+        "test_error": module.test_results["test_error"],
+        "val_nll": None if val_nll is None else float(val_nll),
+        "Q": q_end,
+        "q_error": None if q_end is None else noise.q_error(q_end, q_true),
+        **module.test_results,
+        "train_images_per_s": len(train) * epochs / fit_s,
+        "device": str(trainer.strategy.root_device),
+    }
+
+
+def trace_weight_candidates(cfg: DictConfig) -> list[float | None]:
+    """A list in q.trace_weight means: train one model per weight, keep the lowest noisy validation NLL."""
+    w = cfg.q.get("trace_weight")
+    if cfg.q.mode == "learned" and isinstance(w, ListConfig):
+        return [float(x) for x in w]
+    return [None]  # the config's own (single) value
+
+
+def run(cfg: DictConfig) -> dict:
+    t_start = time.perf_counter()
+    cfg = config.validate(cfg)
+    run_dir = Path(cfg.run_dir)
+    done = results.finished(run_dir, OmegaConf.to_container(cfg, resolve=True))
+    if done is not None:  # resume: this cell already ran with this very config
+        log.info("already finished, skipped: %s", run_dir / results.RESULTS_FILE)
+        return done
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    ds = datasets.load(cfg.data.name, to_absolute_path(cfg.data.root), cfg.data.download, cfg.data.verify,
+                       cfg.data.image_size)  # fmt: skip
+    prepare = {"outlier": prepare_outliers, "labels": prepare_labels}.get(cfg.noise.name, prepare_flip)
+    prep = prepare(cfg, ds)
+    k, q_true = prep["num_classes"], prep["Q_true"]
+    actual_noise = float((prep["train"].y.numpy() != prep["y_true"]).mean())
+    log.info("%s: %d noisy training images, %.3f of labels noisy", ds.name, len(prep["train"]), actual_noise)
+
+    candidates = trace_weight_candidates(cfg)
+    fits = [fit(cfg, ds, prep, w, run_dir) for w in candidates]
+    best = min(fits, key=lambda f: f["val_nll"]) if len(fits) > 1 else fits[0]
     record = {
         "dataset": ds.name,
         "num_classes": k,
@@ -209,24 +240,17 @@ def run(cfg: DictConfig) -> dict:
         "level": {"none": 0.0, "labels": actual_noise}.get(cfg.noise.name, cfg.level),
         "q": cfg.q.mode,
         "seed": cfg.seed,
-        "epochs": epochs,
         "early_stopping": cfg.early_stopping,
-        "trace_weight": cfg.q.trace_weight if cfg.q.mode == "learned" else None,
-        "test_error": module.test_results["test_error"],
-        "val_nll": None if val_nll is None else float(val_nll),
         "actual_noise": actual_noise,
         "Q_true": q_true,
-        "Q": q_end,
-        "q_error": None if q_end is None else noise.q_error(q_end, q_true),
-        "confusion": module.test_results["confusion"],
+        **best,
         **prep["extra"],
-        **{k_: v for k_, v in module.test_results.items() if k_ not in ("test_error", "confusion")},
-        "train_images_per_s": len(train) * epochs / fit_s,
         "wall_s": time.perf_counter() - t_start,
-        "device": str(trainer.strategy.root_device),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    plots.save(plots.q_heatmaps(q_true, q_end, _title(record)), run_dir / "Q.png")
+    if len(fits) > 1:  # what the selection saw (the test errors are for the record, not used to choose)
+        record["selection"] = [{k_: f[k_] for k_ in ("trace_weight", "val_nll", "test_error", "q_error")} for f in fits]
+    plots.save(plots.q_heatmaps(q_true, record["Q"], _title(record)), run_dir / "Q.png")
     path = results.write(run_dir, record)
     log.info("test error %.4f  (results: %s)", record["test_error"], path)
     return record

@@ -1,0 +1,136 @@
+"""Training speed: the framework's path against a plain PyTorch loop, and the cost of a learned Q.
+
+    python scripts/bench.py [--model convnet_cifar] [--shape 3 32 32] [--steps 60] [--batch-size 128]
+
+Trains the same model on the same in-memory data (random uint8 tensors of the given shape: a speed test
+needs no real images) for a fixed number of steps, three ways, and prints one JSON line:
+  framework_images_per_s  the real path: the composed config, TensorDataModule, NoisyLabelModule and a
+                          Lightning Trainer, as train.py builds them (q=none)
+  raw_images_per_s        a plain loop: same model, optimizer, schedule and batch size, written for speed
+  ratio                   framework / raw
+  learned_q_overhead      1 - (learned-Q img/s) / (no-noise-layer img/s), both on the framework path
+  device                  what it ran on
+The first ``--warmup`` steps of each are not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from noisy_convnet.data import TensorDataModule
+from noisy_convnet.datasets import Split
+from noisy_convnet.layers import NoiseLayer
+from noisy_convnet.module import NoisyLabelModule
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+class StepTimer(pl.Callback):
+    """Wall time from the end of step ``warmup`` to the end of the last step."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.t0, self.t1, self.steps = warmup, None, None, 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.steps += 1
+        if self.steps == self.warmup:
+            _sync()
+            self.t0 = time.perf_counter()
+
+    def on_train_end(self, trainer, module):
+        _sync()
+        self.t1 = time.perf_counter()
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def framework(cfg, data: Split, q: str, steps: int, warmup: int, batch: int) -> float:
+    k = 10
+    pl.seed_everything(0, verbose=False)
+    dm = TensorDataModule(data, Split(data.x[:0], data.y[:0]), data, batch, 0, 0, cfg.data.channels_last)
+    net = instantiate(cfg.model, in_shape=tuple(data.x.shape[1:]), num_classes=k)
+    layer = NoiseLayer(q, num_classes=k, lr=0.1, trace_weight=0.5)
+    module = NoisyLabelModule(net, layer, instantiate(cfg.optim.optimizer), instantiate(cfg.optim.scheduler),
+                              num_classes=k, channels_last=cfg.data.channels_last)  # fmt: skip
+    timer = StepTimer(warmup)
+    trainer = instantiate(cfg.trainer, max_steps=steps, max_epochs=-1, logger=False, callbacks=[timer],
+                          enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0)  # fmt: skip
+    trainer.fit(module, dm)
+    return (steps - warmup) * batch / (timer.t1 - timer.t0)
+
+
+def raw(cfg, data: Split, steps: int, warmup: int, batch: int) -> float:
+    """The loop one would write by hand: batches sliced from device tensors, no framework."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    net = instantiate(cfg.model, in_shape=tuple(data.x.shape[1:]), num_classes=10).to(device)
+    cl = torch.channels_last if cfg.data.channels_last else torch.contiguous_format
+    net = net.to(memory_format=cl)
+    opt = instantiate(cfg.optim.optimizer)(net.parameters())
+    sched = instantiate(cfg.optim.scheduler)(opt, total_steps=steps)
+    x, y = data.x.to(device), data.y.to(device)
+    mean, std = x.float().mean() / 255, x.float().std() / 255
+    amp = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
+    n = len(y)
+    for step in range(steps):
+        if step == warmup:
+            _sync()
+            t0 = time.perf_counter()
+        idx = torch.randint(0, n, (batch,), device=device)
+        xb = ((x[idx].float() / 255 - mean) / std).contiguous(memory_format=cl)
+        with amp:
+            loss = torch.nn.functional.cross_entropy(net(xb).float(), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    _sync()
+    return (steps - warmup) * batch / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="convnet_cifar")
+    ap.add_argument("--shape", type=int, nargs=3, default=[3, 32, 32])
+    ap.add_argument("--n", type=int, default=10_000, help="images in the in-memory set")
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. trainer=gpu data.channels_last=true")
+    a = ap.parse_args()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={a.model}", "run_dir=/tmp/bench", *a.overrides])
+    g = torch.Generator().manual_seed(0)
+    data = Split(torch.randint(0, 256, (a.n, *a.shape), dtype=torch.uint8, generator=g),
+                 torch.randint(0, 10, (a.n,), generator=g))  # fmt: skip
+    fw = framework(cfg, data, "none", a.steps, a.warmup, a.batch_size)
+    rw = raw(cfg, data, a.steps, a.warmup, a.batch_size)
+    lq = framework(cfg, data, "learned", a.steps, a.warmup, a.batch_size)
+    dev = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    )
+    print(json.dumps({
+        "framework_images_per_s": round(fw, 1), "raw_images_per_s": round(rw, 1), "ratio": round(fw / rw, 3),
+        "learned_q_overhead": round(1 - lq / fw, 3), "device": dev, "model": a.model, "shape": a.shape,
+        "batch_size": a.batch_size, "steps": a.steps,
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
