@@ -23,6 +23,7 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 # Config groups a user picks by name on the command line (``group=option``).
 GROUPS = ("data", "noise", "q", "model", "optim", "trainer", "logger", "experiment")
 NOISE_NAMES = ("none", "flip", "outlier", "labels")
+SELECTABLE = ("trace_weight", "init_flip", "lr")  # learned-Q keys that may list candidates
 
 
 @dataclass
@@ -60,9 +61,10 @@ class QConf:
     _target_: str = "noisy_convnet.layers.NoiseLayer"
     mode: str = "learned"
     param: str = "softmax"
-    init_flip: float = 0.01
-    lr: float | None = None
-    trace_weight: Any = 0.0  # a weight, or a list of weights to choose from on the noisy validation slice
+    # Each of init_flip, lr, trace_weight may be a list: candidates chosen on the noisy validation slice.
+    init_flip: Any = 0.01
+    lr: Any = None
+    trace_weight: Any = 0.0
     warmup_epochs: int = 0
 
 
@@ -126,17 +128,10 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise UserError(f"q.mode: unknown mode '{cfg.q.mode}'; allowed: {_allowed(layers.MODES)}")
     if cfg.q.param not in layers.PARAMS:
         raise UserError(f"q.param: unknown '{cfg.q.param}'; allowed: {_allowed(layers.PARAMS)}")
-    weights = cfg.q.trace_weight if isinstance(cfg.q.trace_weight, ListConfig) else [cfg.q.trace_weight]
-    if not weights or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights):
-        raise UserError(f"q.trace_weight: {cfg.q.trace_weight} must be a number >= 0 or a list of them")
-    if len(weights) > 1 and cfg.data.val_fraction == 0:
-        raise UserError(
-            "q.trace_weight: choosing among several weights needs a validation slice; set data.val_fraction > 0"
-        )
-    if cfg.q.lr is not None and cfg.q.lr <= 0:
-        raise UserError(f"q.lr: {cfg.q.lr} must be > 0 (or null for the network's learning rate)")
-    if not 0.0 <= cfg.q.init_flip < 1.0:
-        raise UserError(f"q.init_flip: {cfg.q.init_flip} is outside [0, 1)")
+    _check_selectable(cfg, "trace_weight", lambda w: w >= 0, ">= 0")
+    _check_selectable(cfg, "init_flip", lambda f: 0 <= f < 1, "in [0, 1)")
+    if cfg.q.lr is not None:
+        _check_selectable(cfg, "lr", lambda r: r > 0, "> 0 (or null for the network's learning rate)")
     if cfg.trainer is not None and cfg.trainer.get("max_epochs", 1) < 1:
         raise UserError(f"trainer.max_epochs: {cfg.trainer.max_epochs} must be >= 1")
     if cfg.early_stopping and cfg.data.val_fraction == 0:
@@ -144,6 +139,19 @@ def validate(cfg: DictConfig) -> DictConfig:
     if cfg.patience < 1:
         raise UserError(f"patience: {cfg.patience} must be >= 1")
     return cfg
+
+
+def _check_selectable(cfg: DictConfig, key: str, ok, allowed: str) -> None:
+    """q.<key> is a number that passes ``ok``, or a non-empty list of them (candidates to choose from)."""
+    value = cfg.q[key]
+    values = list(value) if isinstance(value, ListConfig) else [value]
+    is_number = [isinstance(v, (int, float)) and not isinstance(v, bool) for v in values]
+    if not values or not all(is_number) or not all(ok(v) for v in values):
+        raise UserError(f"q.{key}: {value} must be a number {allowed}, or a list of them")
+    if len(values) > 1 and cfg.data.val_fraction == 0:
+        raise UserError(
+            f"q.{key}: choosing among {len(values)} values needs a validation slice; set data.val_fraction > 0"
+        )
 
 
 def group_options(group: str) -> list[str]:

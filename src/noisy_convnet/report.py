@@ -90,7 +90,7 @@ def _curves(df: pd.DataFrame, x: str, facet: str, xlabel: str, title: str, logx:
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("clean test error (%)")
-    axes[0][-1].legend(fontsize=8)
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -10,6 +10,7 @@ Expected result with the defaults (mnist5k, random Q* at level 0.5, 4,000 images
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -152,7 +153,7 @@ def prepare_outliers(cfg: DictConfig, ds: datasets.Dataset) -> dict:
             "extra": extra}  # fmt: skip
 
 
-def fit(cfg: DictConfig, ds: datasets.Dataset, prep: dict, trace_weight: float | None, run_dir: Path) -> dict:
+def fit(cfg: DictConfig, ds: datasets.Dataset, prep: dict, q_choice: dict, run_dir: Path) -> dict:
     """Train base net + noise layer on the prepared (noisy) data, test the base net; the run's numbers."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # every candidate starts from the same weights
     k, q_true = prep["num_classes"], prep["Q_true"]
@@ -166,8 +167,7 @@ def fit(cfg: DictConfig, ds: datasets.Dataset, prep: dict, trace_weight: float |
                               cfg.data.channels_last)  # fmt: skip
     n_out = q_true.shape[0] if cfg.q.mode != "none" else k  # the outlier model has a K+1-th output
     net = instantiate(cfg.model, in_shape=ds.shape, num_classes=n_out)
-    q_cfg = {"trace_weight": trace_weight} if trace_weight is not None else {}
-    layer = instantiate(cfg.q, q_true=None if cfg.q.mode == "none" else q_true, num_classes=n_out, **q_cfg)
+    layer = instantiate(cfg.q, q_true=None if cfg.q.mode == "none" else q_true, num_classes=n_out, **q_choice)
     module = NoisyLabelModule(
         net, layer, instantiate(cfg.optim.optimizer), instantiate(cfg.optim.get("scheduler")),
         q_true=q_true, num_classes=k, channels_last=cfg.data.channels_last,
@@ -191,6 +191,7 @@ def fit(cfg: DictConfig, ds: datasets.Dataset, prep: dict, trace_weight: float |
     return {
         "epochs": epochs,
         "trace_weight": layer.trace_weight if cfg.q.mode == "learned" else None,
+        "q_choice": q_choice or None,
         "test_error": module.test_results["test_error"],
         "val_nll": None if val_nll is None else float(val_nll),
         "Q": q_end,
@@ -201,12 +202,14 @@ def fit(cfg: DictConfig, ds: datasets.Dataset, prep: dict, trace_weight: float |
     }
 
 
-def trace_weight_candidates(cfg: DictConfig) -> list[float | None]:
-    """A list in q.trace_weight means: train one model per weight, keep the lowest noisy validation NLL."""
-    w = cfg.q.get("trace_weight")
-    if cfg.q.mode == "learned" and isinstance(w, ListConfig):
-        return [float(x) for x in w]
-    return [None]  # the config's own (single) value
+def q_candidates(cfg: DictConfig) -> list[dict]:
+    """A list in a learned-Q key (q.trace_weight, q.init_flip, q.lr) means: train one model per value
+    (per combination, for several lists) on the same noisy labels and keep the one with the lowest NLL on
+    the noisy validation slice. The test set plays no part. [{}] when there is nothing to choose."""
+    if cfg.q.mode != "learned":
+        return [{}]
+    lists = {k: [float(v) for v in cfg.q[k]] for k in config.SELECTABLE if isinstance(cfg.q.get(k), ListConfig)}
+    return [dict(zip(lists, values, strict=True)) for values in itertools.product(*lists.values())]
 
 
 def run(cfg: DictConfig) -> dict:
@@ -228,8 +231,7 @@ def run(cfg: DictConfig) -> dict:
     actual_noise = float((prep["train"].y.numpy() != prep["y_true"]).mean())
     log.info("%s: %d noisy training images, %.3f of labels noisy", ds.name, len(prep["train"]), actual_noise)
 
-    candidates = trace_weight_candidates(cfg)
-    fits = [fit(cfg, ds, prep, w, run_dir) for w in candidates]
+    fits = [fit(cfg, ds, prep, choice, run_dir) for choice in q_candidates(cfg)]
     best = min(fits, key=lambda f: f["val_nll"]) if len(fits) > 1 else fits[0]
     record = {
         "dataset": ds.name,
@@ -249,7 +251,9 @@ def run(cfg: DictConfig) -> dict:
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     if len(fits) > 1:  # what the selection saw (the test errors are for the record, not used to choose)
-        record["selection"] = [{k_: f[k_] for k_ in ("trace_weight", "val_nll", "test_error", "q_error")} for f in fits]
+        record["selection"] = [
+            {**f["q_choice"], **{k_: f[k_] for k_ in ("val_nll", "test_error", "q_error")}} for f in fits
+        ]
     plots.save(plots.q_heatmaps(q_true, record["Q"], _title(record)), run_dir / "Q.png")
     path = results.write(run_dir, record)
     log.info("test error %.4f  (results: %s)", record["test_error"], path)
