@@ -182,3 +182,14 @@ def test_report_draws_fig4_from_outlier_runs(tmp_path):
     assert report.main([str(tmp_path)]) == 0
     assert (tmp_path / "fig4a_outliers.png").is_file() and (tmp_path / "fig4b_inlier_pr.png").is_file()
     assert "inlier_ap" in (tmp_path / "results.md").read_text()
+
+
+def test_a_cell_made_before_an_option_existed_is_still_finished(make_cfg, tmp_path):
+    """Upgrading the package (a new option, at its default) must not make a whole sweep run again."""
+    first = run(make_cfg("q=none"))
+    path = tmp_path / "run" / RESULTS_FILE
+    record = json.loads(path.read_text())
+    del record["config"]["data"]["channels_last"]  # as written by a version without data.channels_last
+    path.write_text(json.dumps(record))
+    assert run(make_cfg("q=none"))["wall_s"] == pytest.approx(first["wall_s"], abs=1e-5)  # skipped
+    assert run(make_cfg("q=none", "data.channels_last=true"))["wall_s"] != first["wall_s"]  # not the default: runs

@@ -86,6 +86,11 @@ class TrainConf:
     logger: Any = None
 
 
+def schema_defaults() -> dict:
+    """Every typed key's default value, as plain containers."""
+    return OmegaConf.to_container(OmegaConf.structured(TrainConf))
+
+
 def _allowed(values) -> str:
     return ", ".join(str(v) for v in values)
 

@@ -73,12 +73,35 @@ def cell_config(config: dict) -> dict:
     return out
 
 
-def finished(run_dir: str | Path, config: dict) -> dict | None:
+def _without_new_defaults(current: dict, stored: dict, defaults: dict) -> dict:
+    """current without the keys that the stored config lacks and that still hold their default: options
+    added to the schema after a cell ran (which keep the old behaviour at their default) do not make the
+    cell run again."""
+    out = {}
+    for key, value in current.items():
+        default = defaults.get(key) if isinstance(defaults, dict) else None
+        if key not in stored:
+            if isinstance(defaults, dict) and key in defaults and value == default:
+                continue
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(stored[key], dict):
+            out[key] = _without_new_defaults(value, stored[key], default if isinstance(default, dict) else {})
+        else:
+            out[key] = value
+    return out
+
+
+def finished(run_dir: str | Path, config: dict, defaults: dict | None = None) -> dict | None:
     """The stored record if run_dir holds a results.json made with the same cell config, else None
-    (no file, an unreadable one, or one from another config: the cell runs and replaces it)."""
+    (no file, an unreadable one, or one from another config: the cell runs and replaces it). ``defaults``
+    (the schema's) lets a cell made before an option existed count as the same when that option is at
+    its default."""
     path = Path(run_dir) / RESULTS_FILE
     try:
         record = read(path)
     except (OSError, json.JSONDecodeError):
         return None
-    return record if cell_config(record.get("config") or {}) == cell_config(config) else None
+    stored, current = cell_config(record.get("config") or {}), cell_config(config)
+    if defaults is not None:
+        current = _without_new_defaults(current, stored, to_jsonable(defaults))
+    return record if stored == current else None

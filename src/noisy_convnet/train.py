@@ -216,7 +216,7 @@ def run(cfg: DictConfig) -> dict:
     t_start = time.perf_counter()
     cfg = config.validate(cfg)
     run_dir = Path(cfg.run_dir)
-    done = results.finished(run_dir, OmegaConf.to_container(cfg, resolve=True))
+    done = results.finished(run_dir, OmegaConf.to_container(cfg, resolve=True), config.schema_defaults())
     if done is not None:  # resume: this cell already ran with this very config
         log.info("already finished, skipped: %s", run_dir / results.RESULTS_FILE)
         return done
