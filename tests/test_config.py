@@ -44,6 +44,9 @@ def test_documented_overrides_reach_the_config(make_cfg, tmp_path):
         ("q.mode=sometimes", "q.mode"),
         ("noise.matrix=diagonal", "noise.matrix"),
         ("trainer.max_epochs=0", "trainer.max_epochs"),
+        ("q.trace_weight=[0.5,-1]", "q.trace_weight"),
+        ("q.init_flip=[0.01,1.5]", "q.init_flip"),
+        ("q.lr=[0.1,abc]", "q.lr"),
     ],
 )
 def test_validate_names_the_bad_key(make_cfg, override, key):
@@ -93,3 +96,9 @@ def test_bad_input_ends_with_one_line_and_no_results(tmp_path, args, key):
     assert err[0].startswith(f"error: {key}: "), err[0]
     assert "Traceback" not in p.stderr + p.stdout
     assert not (run_dir / "results.json").exists()
+
+
+def test_choosing_among_candidates_needs_a_validation_slice(make_cfg):
+    with pytest.raises(UserError, match="^q.init_flip: choosing among 2 values needs a validation slice"):
+        config.validate(make_cfg("q=learned", "q.init_flip=[0.01,0.5]", "data.val_fraction=0"))
+    config.validate(make_cfg("q=learned", "q.init_flip=0.01", "data.val_fraction=0"))

@@ -96,3 +96,18 @@ def test_each_logger_writes_under_the_run_dir(make_cfg, tmp_path, monkeypatch, l
     monkeypatch.setenv("HOME", str(tmp_path))
     run(make_cfg(f"logger={logger}"))
     assert list((tmp_path / "run").glob(pattern)), sorted(p.name for p in (tmp_path / "run").rglob("*"))
+
+
+def test_listed_candidates_are_chosen_by_the_noisy_validation_nll(make_cfg):
+    r = run(make_cfg("q=learned", "trainer.max_epochs=2", "q.trace_weight=[0.5,0.1]", "q.init_flip=[0.01,0.5]"))
+    sel = r["selection"]
+    assert len(sel) == 4 and {(c["trace_weight"], c["init_flip"]) for c in sel} == {
+        (0.5, 0.01),
+        (0.5, 0.5),
+        (0.1, 0.01),
+        (0.1, 0.5),
+    }
+    best = min(sel, key=lambda c: c["val_nll"])
+    assert r["q_choice"] == {"trace_weight": best["trace_weight"], "init_flip": best["init_flip"]}
+    assert r["trace_weight"] == best["trace_weight"] and r["val_nll"] == pytest.approx(best["val_nll"], abs=1e-5)
+    assert r["test_error"] == pytest.approx(best["test_error"], abs=1e-5)
