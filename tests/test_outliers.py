@@ -68,3 +68,30 @@ def test_outlier_run_reports_inlier_error_and_ap(make_cfg, tmp_path, q):
     assert 0 <= r["test_error"] <= 1 and 0.5 < r["inlier_ap"] <= 1
     assert np.array(r["Q_true"]).shape == (6, 6)
     assert len(r["pr_curve"]["precision"]) == len(r["pr_curve"]["recall"]) > 10
+
+
+def test_another_data_sets_images_as_outliers(make_cfg, tmp_path):
+    """CIFAR-10 inliers with CIFAR-100 outliers (the paper's kind of setting), from files in the real format."""
+    from .test_datasets import write_cifar
+
+    write_cifar(tmp_path / "data", 10)
+    write_cifar(tmp_path / "data", 100)
+    cifar = ["data=cifar10", f"data.root={tmp_path / 'data'}", "data.verify=false", "model=convnet_cifar"]
+    r = run(make_cfg(*cifar, "noise=outlier", "level=0", "data.outlier_source=cifar100", "data.train_size=60",
+                     "data.outlier_ratio=1.0", "data.labelled_outliers=10", "q=fixed", "data.batch_size=16"))  # fmt: skip
+    assert (r["n_in"], r["n_out"], r["outlier_source"]) == (60, 60, "cifar100") and 0 < r["inlier_ap"] <= 1
+
+
+def test_a_folder_of_images_as_outliers(mnist, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "junk" / "sub").mkdir(parents=True)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)).save(tmp_path / "junk" / "sub" / f"{i}.png")
+    train, test = outliers.folder_images(str(tmp_path / "junk"), mnist.shape, np.random.default_rng(0))
+    assert train.shape == (20, 1, 28, 28) and test.shape == (20, 1, 28, 28) and train.dtype == torch.uint8
+    o = _compose(mnist, source=str(tmp_path / "junk"), n_in=100, ratio=0.1, labelled=5, external=(train, test))
+    assert o.n_out == 10 and (o.test.y == 5).sum() == 20
+    with pytest.raises(UserError, match="^data.outlier_source: no images"):
+        outliers.folder_images(str(tmp_path / "junk" / "none"), mnist.shape, np.random.default_rng(0))

@@ -10,11 +10,15 @@ test set with outliers), where class K (0-based) means "outlier". Outlier source
   photos  -- patches of the photos bundled with scikit-learn (``load_sample_images``), turned into the
              data set's shape and channels: training patches from one photo, test patches from the
              other (an easy case).
+  a torchvision data set's name (e.g. cifar100 for cifar10) -- its training images are the training
+             outliers, its test images the test outliers (read from data.root like the data set).
+  a folder path -- every image below it; a seeded half for training, the other half for testing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +27,8 @@ from torch.nn import functional as F
 from .datasets import Dataset, Split
 from .errors import UserError
 
-SOURCES = ("classes", "photos")
+SOURCES = ("classes", "photos")  # built in; a torchvision data set's name or a folder path also work
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
 
 
 @dataclass
@@ -37,20 +42,55 @@ class OutlierData:
     labelled: int
 
 
+def to_shape(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """uint8 images (N, C', H', W') to the data set's (C, H, W): luminance or replicated grey for the
+    channels, area resampling for the size."""
+    if tuple(x.shape[1:]) == tuple(shape):
+        return x
+    c, h, w = shape
+    x = x.float()
+    if x.shape[1] == 3 and c == 1:
+        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    elif x.shape[1] == 1 and c == 3:
+        x = x.expand(-1, 3, -1, -1)
+    if tuple(x.shape[2:]) != (h, w):
+        x = F.interpolate(x, size=(h, w), mode="area")
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
 def photo_patches(n: int, shape: tuple[int, int, int], photo: int, rng: np.random.Generator) -> torch.Tensor:
     """n random square patches (48 to 160 pixels) of one bundled photo, resized to shape, uint8."""
     from sklearn.datasets import load_sample_images
 
-    img = torch.from_numpy(load_sample_images().images[photo]).permute(2, 0, 1).float()  # (3, 427, 640)
-    c, h, w = shape
-    if c == 1:
-        img = (img * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
-    out = torch.empty(n, c, h, w)
-    for i in range(n):
+    img = torch.from_numpy(load_sample_images().images[photo]).permute(2, 0, 1)[None]  # (1, 3, 427, 640)
+    patches = []
+    for _ in range(n):
         s = int(rng.integers(48, 161))
-        y0, x0 = int(rng.integers(0, img.shape[1] - s)), int(rng.integers(0, img.shape[2] - s))
-        out[i] = F.interpolate(img[None, :, y0 : y0 + s, x0 : x0 + s], size=(h, w), mode="area")[0]
-    return out.round().clamp(0, 255).to(torch.uint8)
+        y0, x0 = int(rng.integers(0, img.shape[2] - s)), int(rng.integers(0, img.shape[3] - s))
+        patches.append(to_shape(img[:, :, y0 : y0 + s, x0 : x0 + s], shape))
+    return torch.cat(patches) if patches else torch.empty(0, *shape, dtype=torch.uint8)
+
+
+def folder_images(
+    path: str, shape: tuple[int, int, int], rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image below ``path`` in the data set's shape, split in a seeded half for training and the
+    other half for testing."""
+    from PIL import Image
+
+    files = sorted(p for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if len(files) < 2:
+        raise UserError(f"data.outlier_source: no images (or just one) below '{path}'; expected {IMAGE_SUFFIXES}")
+    mode = "L" if shape[0] == 1 else "RGB"
+
+    def read(f: Path) -> torch.Tensor:
+        a = np.asarray(Image.open(f).convert(mode))
+        return torch.from_numpy(a[:, :, None] if a.ndim == 2 else a).permute(2, 0, 1)[None]
+
+    x = torch.cat([to_shape(read(f), shape) for f in files])
+    order = torch.as_tensor(rng.permutation(len(files)))
+    half = len(files) // 2
+    return x[order[half:]], x[order[:half]]
 
 
 def compose(
@@ -61,13 +101,17 @@ def compose(
     ratio: float,
     labelled: int,
     rng: np.random.Generator,
+    external: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> OutlierData:
     """Training set of n_in inliers, round(ratio * n_in) outliers with uniform labels over the K inlier
     classes, and ``labelled`` outliers labelled K; test set of the test inliers and as many outliers."""
     if ds.pool.source is not None:
         raise UserError(f"noise: outlier noise works on the in-memory data sets, not on {ds.name}")
-    if source not in SOURCES:
-        raise UserError(f"data.outlier_source: unknown source '{source}'; allowed: {', '.join(SOURCES)}")
+    if source not in SOURCES and external is None:
+        raise UserError(
+            f"data.outlier_source: unknown source '{source}'; allowed: {', '.join(SOURCES)}, a torchvision data "
+            "set's name or a folder of images"
+        )
     if ratio < 0:
         raise UserError(f"data.outlier_ratio: {ratio} must be >= 0 (N_out / N_in)")
     if labelled < 0:
@@ -92,9 +136,17 @@ def compose(
             )
         x_out = ds.pool.x[torch.as_tensor(pool_out[: n_out + labelled])]
         test_out_x = ds.test.x[torch.as_tensor(np.flatnonzero(ds.test.y.numpy() >= k))]
-    else:
+    elif source == "photos":
         x_out = photo_patches(n_out + labelled, ds.shape, 0, rng)
         test_out_x = photo_patches(len(test_in), ds.shape, 1, rng)
+    else:  # another data set's images, or a folder's, already split into (train, test)
+        train_ext, test_out_x = external
+        if n_out + labelled > len(train_ext):
+            raise UserError(
+                f"data.labelled_outliers: {n_out} outliers + {labelled} labelled ones exceed the {len(train_ext)} "
+                f"training images of {source}; lower data.outlier_ratio or this"
+            )
+        x_out = train_ext[torch.as_tensor(rng.permutation(len(train_ext))[: n_out + labelled])]
 
     y_out = np.concatenate([rng.integers(0, k, n_out), np.full(labelled, k)]).astype(np.int64)
     x = torch.cat([inl.x, x_out])

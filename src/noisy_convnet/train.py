@@ -137,7 +137,7 @@ def prepare_outliers(cfg: DictConfig, ds: datasets.Dataset) -> dict:
     K-output net has no class for them."""
     d = cfg.data
     o = outliers.compose(ds, d.outlier_source, d.inlier_classes, d.train_size, d.outlier_ratio,
-                         d.labelled_outliers, rng(cfg.seed, 3))  # fmt: skip
+                         d.labelled_outliers, rng(cfg.seed, 3), external_outliers(cfg, ds))  # fmt: skip
     k, y = o.num_classes, o.train.y.numpy().copy()
     flip = noise.matrix(cfg.noise.matrix, k, cfg.level, rng(cfg.seed, 1)) if cfg.level > 0 else np.eye(k)
     inl = o.y_true < k
@@ -210,6 +210,20 @@ def q_candidates(cfg: DictConfig) -> list[dict]:
         return [{}]
     lists = {k: [float(v) for v in cfg.q[k]] for k in config.SELECTABLE if isinstance(cfg.q.get(k), ListConfig)}
     return [dict(zip(lists, values, strict=True)) for values in itertools.product(*lists.values())]
+
+
+def external_outliers(cfg: DictConfig, ds: datasets.Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(training, test) outlier images from another data set or a folder, in ds's shape; None for the
+    built-in sources."""
+    src = cfg.data.outlier_source
+    if src in outliers.SOURCES:
+        return None
+    if src in datasets.TORCHVISION:
+        other = datasets.load(src, to_absolute_path(cfg.data.root), cfg.data.download, cfg.data.verify)
+        return outliers.to_shape(other.pool.x, ds.shape), outliers.to_shape(other.test.x, ds.shape)
+    if Path(to_absolute_path(src)).is_dir():
+        return outliers.folder_images(to_absolute_path(src), ds.shape, rng(cfg.seed, 4))
+    return None  # compose names the allowed sources
 
 
 def run(cfg: DictConfig) -> dict:
