@@ -77,8 +77,8 @@ def test_another_data_sets_images_as_outliers(make_cfg, tmp_path):
     write_cifar(tmp_path / "data", 10)
     write_cifar(tmp_path / "data", 100)
     cifar = ["data=cifar10", f"data.root={tmp_path / 'data'}", "data.verify=false", "model=convnet_cifar"]
-    r = run(make_cfg(*cifar, "noise=outlier", "level=0", "data.outlier_source=cifar100", "data.train_size=60",
-                     "data.outlier_ratio=1.0", "data.labelled_outliers=10", "q=fixed", "data.batch_size=16"))  # fmt: skip
+    outl = ["noise=outlier", "level=0", "data.outlier_source=cifar100", "data.outlier_ratio=1.0"]
+    r = run(make_cfg(*cifar, *outl, "data.train_size=60", "data.labelled_outliers=10", "q=fixed", "data.batch_size=16"))
     assert (r["n_in"], r["n_out"], r["outlier_source"]) == (60, 60, "cifar100") and 0 < r["inlier_ap"] <= 1
 
 
