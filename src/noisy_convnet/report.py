@@ -72,16 +72,26 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
     return t.reset_index()
 
 
+# One colour per Q mode, dashed when early-stopped: the same in every figure.
+COLOURS = {"no noise layer": "tab:red", "fixed Q*": "tab:blue", "learned Q": "tab:green"}
+
+
+def _style(method_name: str) -> dict:
+    base = method_name.replace(" + early stopping", "")
+    return {"color": COLOURS.get(base), "linestyle": "--" if base != method_name else "-"}
+
+
 def _curves(df: pd.DataFrame, x: str, facet: str, xlabel: str, title: str, logx: bool = False):
     import matplotlib.pyplot as plt
 
     facets = sorted(df[facet].unique())
-    fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets), 3.4), squeeze=False, sharey=True)
+    # room on the right for the legend
+    fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets) + 2.8, 3.6), squeeze=False, sharey=True)
     for ax, f in zip(axes[0], facets, strict=True):
         sub = df[df[facet] == f]
         for name, g in sorted(sub.groupby("method"), key=lambda t: t[0]):
             s = g.groupby(x)["test_error"].agg(["mean", "std"]).sort_index() * 100
-            ax.plot(s.index, s["mean"], marker="o", label=name)
+            ax.plot(s.index, s["mean"], marker="o", label=name, **_style(name))
             if g.groupby(x).size().max() > 1:
                 ax.fill_between(s.index, s["mean"] - s["std"].fillna(0), s["mean"] + s["std"].fillna(0), alpha=0.2)
         ax.set_xlabel(xlabel)
@@ -149,7 +159,7 @@ def _fig4a(df: pd.DataFrame):
     for name, g in sorted(df.groupby("method"), key=lambda t: t[0]):
         for ax, col, scale in ((axes[0], "test_error", 100), (axes[1], "inlier_ap", 1)):
             s = g.groupby("outlier_ratio")[col].agg(["mean", "std"]).sort_index() * scale
-            ax.errorbar(s.index, s["mean"], yerr=s["std"].fillna(0), marker="o", capsize=3, label=name)
+            ax.errorbar(s.index, s["mean"], yerr=s["std"].fillna(0), marker="o", capsize=3, label=name, **_style(name))
     axes[0].set_ylabel("inlier test error (%)")
     axes[1].set_ylabel("inlier average precision")
     for ax in axes:
@@ -168,7 +178,7 @@ def _fig4b(df: pd.DataFrame):
     for name, g in sorted(df.groupby("method"), key=lambda t: t[0]):
         row = g.sort_values(["outlier_ratio", "seed"]).iloc[0]
         pr = row["_record"]["pr_curve"]
-        ax.plot(pr["recall"], pr["precision"], label=f"{name} (AP {row['inlier_ap']:.3f})")
+        ax.plot(pr["recall"], pr["precision"], label=f"{name} (AP {row['inlier_ap']:.3f})", **_style(name))
     ax.set_xlabel("recall (inliers)")
     ax.set_ylabel("precision")
     ax.grid(alpha=0.3)
