@@ -138,9 +138,11 @@ def _fig3(df: pd.DataFrame):
         span = np.nanmax(np.abs(g.values)) if diff else None  # a diverging scale centred on 0
         im = ax.imshow(g.values, cmap="RdBu" if diff else "viridis_r", aspect="auto", origin="lower",
                        vmin=-span if diff else None, vmax=span)  # fmt: skip
+        mid = np.nanmean([np.nanmin(g.values), np.nanmax(g.values)])
         for (i, j), v in np.ndenumerate(g.values):
-            if np.isfinite(v):
-                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8, color="k" if diff else "w")
+            if np.isfinite(v):  # dark text on the light half of the colour scale
+                light = abs(v) < 0.6 * span if diff else v < mid
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8, color="k" if light else "w")
         ax.set_xticks(range(g.shape[1]), g.columns)
         ax.set_yticks(range(g.shape[0]), g.index)
         ax.set_xlabel("training size")
