@@ -9,7 +9,7 @@ from noisy_convnet.errors import UserError
 from .conftest import run_cli
 
 # Options that need one more value from the user; without it they must fail validation.
-REQUIRED = {"noise=labels": "noise.file=labels.npy"}
+REQUIRED = {"noise=labels": "noise.file=labels.npy", "data=imagefolder": "data.root=images"}
 
 
 @pytest.mark.parametrize("group", [g for g in config.GROUPS if g != "experiment"])
