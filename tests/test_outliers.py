@@ -95,3 +95,8 @@ def test_a_folder_of_images_as_outliers(mnist, tmp_path):
     assert o.n_out == 10 and (o.test.y == 5).sum() == 20
     with pytest.raises(UserError, match="^data.outlier_source: no images"):
         outliers.folder_images(str(tmp_path / "junk" / "none"), mnist.shape, np.random.default_rng(0))
+
+
+def test_fixed_q_without_labelled_outliers_is_a_user_error(make_cfg):
+    with pytest.raises(UserError, match="^data.labelled_outliers: q=fixed needs a non-singular Q"):
+        run(make_cfg("noise=outlier", "level=0", "q=fixed", "data.labelled_outliers=0", "data.train_size=300"))

@@ -35,16 +35,17 @@ def rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, stream])
 
 
-def build_q_true(cfg: DictConfig, k: int) -> np.ndarray:
-    if cfg.noise.name == "none":
-        return np.eye(k)
-    q_true = noise.matrix(cfg.noise.matrix, k, cfg.level, rng(cfg.seed, 1))
-    if cfg.q.mode == "fixed" and noise.is_singular(q_true):
-        raise UserError(
-            f"q: 'fixed' needs a non-singular Q*, and {cfg.noise.matrix} noise at level {cfg.level} is singular "
-            f"(cond {np.linalg.cond(q_true):.1e}); choose another level or matrix, or q=learned|none"
-        )
-    return q_true
+def check_fixed_q(cfg: DictConfig, q_true: np.ndarray) -> None:
+    """q=fixed trains through Q*, which must be invertible for the base model to recover the true labels
+    (paper, after Eq. 7). The message names the key that made it singular."""
+    if cfg.q.mode != "fixed" or not noise.is_singular(q_true):
+        return
+    key, why = {
+        "outlier": ("data.labelled_outliers", "Eq. 8's Q* is singular without labelled outliers; set it > 0"),
+        "labels": ("q", "the realised noise matrix of these labels is singular; use q=learned or q=none"),
+    }.get(cfg.noise.name, ("q", f"{cfg.noise.matrix} noise at level {cfg.level} gives a singular Q* "
+                                "(choose another level or matrix, or q=learned|none)"))  # fmt: skip
+    raise UserError(f"{key}: q=fixed needs a non-singular Q* (cond {np.linalg.cond(q_true):.1e}); {why}")
 
 
 def _wandb_online() -> bool:
@@ -103,7 +104,7 @@ def prepare_flip(cfg: DictConfig, ds: datasets.Dataset) -> dict:
     """The first train_size images of the pool with labels redrawn from Q* (label-flip noise)."""
     k = ds.num_classes
     chosen = datasets.subset(ds.pool, cfg.data.train_size, cfg.seed, k)
-    q_true = build_q_true(cfg, k)
+    q_true = np.eye(k) if cfg.noise.name == "none" else noise.matrix(cfg.noise.matrix, k, cfg.level, rng(cfg.seed, 1))
     y_noisy = noise.corrupt(chosen.y.numpy(), q_true, rng(cfg.seed, 2))
     train = chosen.relabel(y_noisy)
     return {
@@ -124,8 +125,6 @@ def prepare_labels(cfg: DictConfig, ds: datasets.Dataset) -> dict:
     chosen = ds.pool.take(idx)
     y_clean, y_noisy = chosen.y.numpy(), y_file[idx]
     q_true = noise.realised(y_clean, y_noisy, k)
-    if cfg.q.mode == "fixed" and noise.is_singular(q_true):
-        raise UserError("q: 'fixed' needs a non-singular Q*, and the realised matrix of these labels is singular")
     train = chosen.relabel(y_noisy)
     return {"train": train, "y_true": y_clean, "test": ds.test, "num_classes": k, "Q_true": q_true,
             "extra": {"noise_file": cfg.noise.file, "noise_column": cfg.noise.column}}  # fmt: skip
@@ -143,8 +142,6 @@ def prepare_outliers(cfg: DictConfig, ds: datasets.Dataset) -> dict:
     inl = o.y_true < k
     y[inl] = noise.corrupt(o.y_true[inl], flip, rng(cfg.seed, 2))
     q_true = noise.outlier(k, outliers.alpha(o.n_out, o.labelled), flip)
-    if cfg.q.mode == "fixed" and noise.is_singular(q_true):
-        raise UserError("data.labelled_outliers: q=fixed needs labelled outliers (> 0): Eq. 8's Q* is singular without")
     keep = np.ones(len(y), bool) if cfg.q.mode != "none" else y < k
     train = datasets.Split(o.train.x[torch.as_tensor(keep)], torch.from_numpy(y[keep]))
     extra = {"outlier_ratio": d.outlier_ratio, "n_in": o.n_in, "n_out": o.n_out, "labelled_outliers": o.labelled,
@@ -242,6 +239,7 @@ def run(cfg: DictConfig) -> dict:
     prepare = {"outlier": prepare_outliers, "labels": prepare_labels}.get(cfg.noise.name, prepare_flip)
     prep = prepare(cfg, ds)
     k, q_true = prep["num_classes"], prep["Q_true"]
+    check_fixed_q(cfg, q_true)
     actual_noise = float((prep["train"].y.numpy() != prep["y_true"]).mean())
     log.info("%s: %d noisy training images, %.3f of labels noisy", ds.name, len(prep["train"]), actual_noise)
 
