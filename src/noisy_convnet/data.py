@@ -136,6 +136,7 @@ class FolderDataModule(pl.LightningDataModule):
         super().__init__()
         self.splits = {"train": train, "val": val, "test": test}
         self.batch_size, self.num_workers, self.seed, self.channels_last = batch_size, num_workers, seed, channels_last
+        self._norm: tuple[torch.Tensor, torch.Tensor] | None = None  # (mean, std) on the training device
 
     def _loader(self, name: str, shuffle: bool):
         return torch.utils.data.DataLoader(
@@ -155,8 +156,9 @@ class FolderDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y = batch
-        mean = torch.tensor(self.MEAN, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.STD, device=x.device).view(1, -1, 1, 1)
+        if self._norm is None or self._norm[0].device != x.device:
+            self._norm = tuple(torch.tensor(v, device=x.device).view(1, -1, 1, 1) for v in (self.MEAN, self.STD))
+        mean, std = self._norm
         x = (x.float() / 255.0 - mean) / std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -94,7 +94,7 @@ def _unverified(cls):
     return type(cls.__name__, (cls,), attrs)
 
 
-# name -> (torchvision class, what it looks for under root, how to get it)
+# name -> (torchvision class, the files it looks for under root: named in the not-found message)
 TORCHVISION = {
     "mnist": ("MNIST", "MNIST/raw/*-idx?-ubyte"),
     "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw/*-idx?-ubyte"),
@@ -155,9 +155,7 @@ def _imagefolder(root: str, image_size: int) -> Dataset:
     if parts[0].classes != parts[1].classes:
         raise UserError(f"data.root: {root}/train and {root}/val have different class folders")
     splits = [Split(torch.arange(len(p)), torch.as_tensor(p.targets, dtype=torch.long), p) for p in parts]
-    ds = Dataset("imagefolder", splits[0], splits[1], len(parts[0].classes))
-    ds.image_shape = (3, image_size, image_size)
-    return ds
+    return Dataset("imagefolder", splits[0], splits[1], len(parts[0].classes), (3, image_size, image_size))
 
 
 EMBEDDED = {"mnist5k": _mnist5k, "digits": _digits}

@@ -131,6 +131,8 @@ def labels_from_file(path: str | Path, column: str | None, n: int, k: int) -> np
     path = Path(path)
     if not path.is_file():
         raise UserError(f"noise.file: '{path}' does not exist; give a .npy, .csv or .pt file of noisy labels")
+    if path.suffix not in (".npy", ".pt", ".csv"):
+        raise UserError(f"noise.file: '{path}' is not a .npy, .csv or .pt file")
     try:
         if path.suffix == ".npy":
             table = {None: np.load(path)}
@@ -138,12 +140,10 @@ def labels_from_file(path: str | Path, column: str | None, n: int, k: int) -> np
             import torch
 
             table = dict(torch.load(path, weights_only=False))
-        elif path.suffix == ".csv":
+        else:
             import pandas as pd
 
             table = dict(pd.read_csv(path).items())
-        else:
-            raise UserError(f"noise.file: '{path}' is not a .npy, .csv or .pt file")
     except (ValueError, OSError, pickle.UnpicklingError) as e:
         raise UserError(f"noise.file: cannot read '{path}' ({e})") from None
     if column is None and len(table) != 1:

@@ -117,8 +117,8 @@ def compose(
     if labelled < 0:
         raise UserError(f"data.labelled_outliers: {labelled} must be >= 0")
     k = inlier_classes
-    if not 2 <= k <= (ds.num_classes - 1 if source == "classes" else ds.num_classes):
-        hi = ds.num_classes - 1 if source == "classes" else ds.num_classes
+    hi = ds.num_classes - 1 if source == "classes" else ds.num_classes  # "classes" keeps one class for outliers
+    if not 2 <= k <= hi:
         raise UserError(f"data.inlier_classes: {k} is outside [2, {hi}] for {ds.name} with source {source}")
     pool_in = np.flatnonzero(ds.pool.y.numpy() < k)
     if not k <= n_in <= len(pool_in):
@@ -127,31 +127,29 @@ def compose(
     test_in = np.flatnonzero(ds.test.y.numpy() < k)
     inl = ds.pool.take(rng.permutation(pool_in)[:n_in])
 
-    if source == "classes":
-        pool_out = rng.permutation(np.flatnonzero(ds.pool.y.numpy() >= k))
-        if n_out + labelled > len(pool_out):
-            raise UserError(
-                f"data.labelled_outliers: {n_out} outliers + {labelled} labelled ones exceed the {len(pool_out)} "
-                f"images of classes {k}..{ds.num_classes - 1} in the pool; lower data.outlier_ratio or this"
-            )
-        x_out = ds.pool.x[torch.as_tensor(pool_out[: n_out + labelled])]
-        test_out_x = ds.test.x[torch.as_tensor(np.flatnonzero(ds.test.y.numpy() >= k))]
-    elif source == "photos":
-        x_out = photo_patches(n_out + labelled, ds.shape, 0, rng)
+    n_draw = n_out + labelled
+    if source == "photos":  # patches: as many as asked
+        x_out = photo_patches(n_draw, ds.shape, 0, rng)
         test_out_x = photo_patches(len(test_in), ds.shape, 1, rng)
-    else:  # another data set's images, or a folder's, already split into (train, test)
-        train_ext, test_out_x = external
-        if n_out + labelled > len(train_ext):
+    else:  # a finite set of outlier images, in a seeded order: the first n_draw are used
+        if source == "classes":
+            order_out = torch.as_tensor(rng.permutation(np.flatnonzero(ds.pool.y.numpy() >= k)))
+            available, what = ds.pool.x, f"images of classes {k}..{ds.num_classes - 1} in the pool"
+            test_out_x = ds.test.x[torch.as_tensor(np.flatnonzero(ds.test.y.numpy() >= k))]
+        else:  # another data set's images, or a folder's, already split into (train, test)
+            (available, test_out_x), what = external, f"training images of {source}"
+            order_out = torch.as_tensor(rng.permutation(len(available)))
+        if n_draw > len(order_out):
             raise UserError(
-                f"data.labelled_outliers: {n_out} outliers + {labelled} labelled ones exceed the {len(train_ext)} "
-                f"training images of {source}; lower data.outlier_ratio or this"
+                f"data.labelled_outliers: {n_out} outliers + {labelled} labelled ones exceed the {len(order_out)} "
+                f"{what}; lower data.outlier_ratio or this"
             )
-        x_out = train_ext[torch.as_tensor(rng.permutation(len(train_ext))[: n_out + labelled])]
+        x_out = available[order_out[:n_draw]]
 
     y_out = np.concatenate([rng.integers(0, k, n_out), np.full(labelled, k)]).astype(np.int64)
     x = torch.cat([inl.x, x_out])
     y_noisy = np.concatenate([inl.y.numpy(), y_out])
-    y_true = np.concatenate([inl.y.numpy(), np.full(n_out + labelled, k)])
+    y_true = np.concatenate([inl.y.numpy(), np.full(n_draw, k)])
     order = rng.permutation(len(y_noisy))  # mix, so the validation slice holds outliers too
     test = Split(
         torch.cat([ds.test.x[torch.as_tensor(test_in)], test_out_x]),
