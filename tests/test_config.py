@@ -44,7 +44,7 @@ def test_documented_overrides_reach_the_config(make_cfg, tmp_path):
         ("q.mode=sometimes", "q.mode"),
         ("noise.matrix=diagonal", "noise.matrix"),
         ("trainer.max_epochs=0", "trainer.max_epochs"),
-        ("q.trace_weight=[0.5,-1]", "q.trace_weight"),
+        ("q.reg_weight=[0.5,-1]", "q.reg_weight"),
         ("q.init_flip=[0.01,1.5]", "q.init_flip"),
         ("q.lr=[0.1,abc]", "q.lr"),
     ],

@@ -6,7 +6,7 @@ import torch
 from torch.nn import functional as F
 
 from noisy_convnet import noise
-from noisy_convnet.layers import NoiseLayer, project_simplex
+from noisy_convnet.layers import NoiseLayer, balance, project_simplex
 
 K = 5
 
@@ -72,7 +72,7 @@ def test_learned_q_starts_near_identity_and_stays_stochastic(param):
 
 
 def test_trace_regulariser_lowers_the_diagonal():
-    layer = NoiseLayer("learned", num_classes=K, trace_weight=1.0, lr=0.1)
+    layer = NoiseLayer("learned", num_classes=K, reg_weight=1.0, lr=0.1, regulariser="trace")
     opt = torch.optim.Adam(layer.parameters(), lr=0.1)
     for _ in range(60):
         opt.zero_grad()
@@ -81,8 +81,51 @@ def test_trace_regulariser_lowers_the_diagonal():
     assert torch.diagonal(layer.q()).mean() < 0.5
 
 
+def test_ridge_regulariser_is_the_same_for_every_relabelling_and_lowest_at_uniform():
+    """Unlike the trace, the ridge cannot be lowered by permuting the base model's classes (the trace
+    of a permuted Q* is lower than Q*'s: a trace-regularised Q drifts toward relabelled solutions)."""
+    q_true = torch.as_tensor(noise.random(K, 0.5, np.random.default_rng(0)), dtype=torch.float32)
+    perm = torch.randperm(K, generator=torch.Generator().manual_seed(0))
+    for kind in ("ridge", "trace"):
+        a = NoiseLayer("learned", num_classes=K, reg_weight=1.0, regulariser=kind)
+        b = NoiseLayer("learned", num_classes=K, reg_weight=1.0, regulariser=kind)
+        with torch.no_grad():
+            a.weight.copy_(torch.log(q_true))
+            b.weight.copy_(torch.log(q_true[:, perm]))
+        same = torch.isclose(a.regulariser(), b.regulariser(), atol=1e-6)
+        assert bool(same) == (kind == "ridge")
+    layer = NoiseLayer("learned", num_classes=K, reg_weight=1.0, regulariser="ridge", init_flip=0.5)
+    opt = torch.optim.Adam(layer.parameters(), lr=0.1)
+    for _ in range(200):
+        opt.zero_grad()
+        layer.regulariser().backward()
+        opt.step()
+    torch.testing.assert_close(layer.q().detach(), torch.full((K, K), 1.0 / K), atol=0.01, rtol=0)
+
+
+def test_balance_is_zero_when_classes_are_used_equally_and_log_k_when_one_takes_all():
+    assert float(balance(torch.eye(K) * 50)) == pytest.approx(0.0, abs=1e-6)
+    one_class = torch.zeros(16, K)
+    one_class[:, 3] = 50.0
+    assert float(balance(one_class)) == pytest.approx(np.log(K), abs=1e-4)
+    # its gradient moves mass toward an unused class: a dead output comes back to life
+    logits = (torch.eye(K)[torch.arange(32) % (K - 1)] * 5).requires_grad_()
+    balance(logits).backward()
+    assert (logits.grad[:, K - 1] < 0).all()
+
+
+def test_balance_enters_the_regulariser_of_a_learned_q_only():
+    logits = torch.zeros(8, K)
+    logits[:, 0] = 10.0
+    learned = NoiseLayer("learned", num_classes=K, reg_weight=0.0, balance_weight=2.0)
+    assert float(learned.regulariser(logits)) == pytest.approx(2.0 * float(balance(logits)), abs=1e-6)
+    assert float(learned.regulariser()) == 0.0  # no logits, no balance term
+    fixed = NoiseLayer("fixed", np.eye(K), balance_weight=2.0)
+    assert float(fixed.regulariser(logits)) == 0.0
+
+
 def test_frozen_q_gets_no_gradient():
-    layer = NoiseLayer("learned", num_classes=K, trace_weight=1.0)
+    layer = NoiseLayer("learned", num_classes=K, reg_weight=1.0)
     layer.frozen = True
     loss = layer.nll(torch.randn(8, K), torch.randint(0, K, (8,))) + layer.regulariser()
     assert not loss.requires_grad or layer.weight.grad is None
@@ -102,7 +145,7 @@ def test_learned_q_moves_toward_q_true_when_the_base_model_is_right(param, opt_c
     y = np.repeat(np.arange(K), 400)
     y_noisy = torch.as_tensor(noise.corrupt(y, q_true, rng))
     logits = 20.0 * F.one_hot(torch.as_tensor(y), K).float()
-    layer = NoiseLayer("learned", num_classes=K, param=param)
+    layer = NoiseLayer("learned", num_classes=K, param=param, init_flip=0.01)
     opt = opt_cls(layer.parameters(), lr=lr)
     start = noise.q_error(layer.q().detach().numpy(), q_true)
     for _ in range(300):

@@ -65,14 +65,15 @@ def test_early_stopping_keeps_the_best_model_and_may_stop_early(make_cfg, tmp_pa
 
 def test_fixed_q_beats_no_noise_layer_and_learned_q_moves_toward_q_true(make_cfg, tmp_path):
     """The paper's claims on the 8x8 digits at 50% random flip noise, 20 epochs (~3 s each). Measured:
-    none 17.3%, fixed 7.3% test error; learned Q goes from q_error 0.98 at its start to 0.65."""
+    none 17.3%, fixed 7.3%, learned 5.0% test error; learned Q goes from q_error 0.39 at its start to 0.20."""
     common = ["noise.matrix=random", "level=0.5", "trainer.max_epochs=20"]
     none = run(make_cfg("q=none", *common, run_dir=tmp_path / "none"))
     fixed = run(make_cfg("q=fixed", *common, run_dir=tmp_path / "fixed"))
     learned = run(make_cfg("q=learned", *common, run_dir=tmp_path / "learned"))
     assert fixed["test_error"] < none["test_error"] - 0.05
-    start = noise.q_error(np.eye(10) * 0.99 + 0.01 / 9 * (1 - np.eye(10)), np.array(learned["Q_true"]))
-    assert learned["q_error"] < start - 0.2
+    start = noise.q_error(np.eye(10) * 0.5 + 0.5 / 9 * (1 - np.eye(10)), np.array(learned["Q_true"]))
+    assert learned["q_error"] < start - 0.15
+    assert learned["test_error"] <= fixed["test_error"] + 0.03
 
 
 @pytest.mark.slow
@@ -99,15 +100,15 @@ def test_each_logger_writes_under_the_run_dir(make_cfg, tmp_path, monkeypatch, l
 
 
 def test_listed_candidates_are_chosen_by_the_noisy_validation_nll(make_cfg):
-    r = run(make_cfg("q=learned", "trainer.max_epochs=2", "q.trace_weight=[0.5,0.1]", "q.init_flip=[0.01,0.5]"))
+    r = run(make_cfg("q=learned", "trainer.max_epochs=2", "q.reg_weight=[0.5,0.1]", "q.init_flip=[0.01,0.5]"))
     sel = r["selection"]
-    assert len(sel) == 4 and {(c["trace_weight"], c["init_flip"]) for c in sel} == {
+    assert len(sel) == 4 and {(c["reg_weight"], c["init_flip"]) for c in sel} == {
         (0.5, 0.01),
         (0.5, 0.5),
         (0.1, 0.01),
         (0.1, 0.5),
     }
     best = min(sel, key=lambda c: c["val_nll"])
-    assert r["q_choice"] == {"trace_weight": best["trace_weight"], "init_flip": best["init_flip"]}
-    assert r["trace_weight"] == best["trace_weight"] and r["val_nll"] == pytest.approx(best["val_nll"], abs=1e-5)
+    assert r["q_choice"] == {"reg_weight": best["reg_weight"], "init_flip": best["init_flip"]}
+    assert r["reg_weight"] == best["reg_weight"] and r["val_nll"] == pytest.approx(best["val_nll"], abs=1e-5)
     assert r["test_error"] == pytest.approx(best["test_error"], abs=1e-5)

@@ -23,7 +23,7 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 # Config groups a user picks by name on the command line (``group=option``).
 GROUPS = ("data", "noise", "q", "model", "optim", "trainer", "logger", "experiment")
 NOISE_NAMES = ("none", "flip", "outlier", "labels")
-SELECTABLE = ("trace_weight", "init_flip", "lr")  # learned-Q keys that may list candidates
+SELECTABLE = ("reg_weight", "init_flip", "lr", "balance_weight")  # learned-Q keys that may list candidates
 
 
 @dataclass
@@ -61,10 +61,12 @@ class QConf:
     _target_: str = "noisy_convnet.layers.NoiseLayer"
     mode: str = "learned"
     param: str = "softmax"
-    # Each of init_flip, lr, trace_weight may be a list: candidates chosen on the noisy validation slice.
-    init_flip: Any = 0.01
+    # Each of init_flip, lr, reg_weight, balance_weight may be a list: candidates chosen on the noisy validation slice.
+    init_flip: Any = 0.5
     lr: Any = None
-    trace_weight: Any = 0.0
+    reg_weight: Any = 0.0
+    regulariser: str = "ridge"  # ridge | trace: what reg_weight weighs
+    balance_weight: Any = 0.0  # weight of KL(mean base prediction || uniform): no dead or merged classes
     warmup_epochs: int = 0
 
 
@@ -133,7 +135,10 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise UserError(f"q.mode: unknown mode '{cfg.q.mode}'; allowed: {_allowed(layers.MODES)}")
     if cfg.q.param not in layers.PARAMS:
         raise UserError(f"q.param: unknown '{cfg.q.param}'; allowed: {_allowed(layers.PARAMS)}")
-    _check_selectable(cfg, "trace_weight", lambda w: w >= 0, ">= 0")
+    if cfg.q.regulariser not in layers.REGULARISERS:
+        raise UserError(f"q.regulariser: unknown '{cfg.q.regulariser}'; allowed: {_allowed(layers.REGULARISERS)}")
+    _check_selectable(cfg, "reg_weight", lambda w: w >= 0, ">= 0")
+    _check_selectable(cfg, "balance_weight", lambda w: w >= 0, ">= 0")
     _check_selectable(cfg, "init_flip", lambda f: 0 <= f < 1, "in [0, 1)")
     if cfg.q.lr is not None:
         _check_selectable(cfg, "lr", lambda r: r > 0, "> 0 (or null for the network's learning rate)")

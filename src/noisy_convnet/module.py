@@ -70,8 +70,9 @@ class NoisyLabelModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        nll = self.noise.nll(self.net(x), y)
-        loss = nll + self.noise.regulariser()
+        logits = self.net(x)
+        nll = self.noise.nll(logits, y)
+        loss = nll + self.noise.regulariser(logits)
         self.log("train/nll", nll, on_step=False, on_epoch=True, batch_size=len(y))
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss

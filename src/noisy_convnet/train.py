@@ -187,7 +187,7 @@ def fit(cfg: DictConfig, ds: datasets.Dataset, prep: dict, q_choice: dict, run_d
     q_end = None if q_end is None else q_end.detach().cpu().numpy()
     return {
         "epochs": epochs,
-        "trace_weight": layer.trace_weight if cfg.q.mode == "learned" else None,
+        "reg_weight": layer.reg_weight if cfg.q.mode == "learned" else None,
         "q_choice": q_choice or None,
         "test_error": module.test_results["test_error"],
         "val_nll": None if val_nll is None else float(val_nll),
@@ -200,7 +200,7 @@ def fit(cfg: DictConfig, ds: datasets.Dataset, prep: dict, q_choice: dict, run_d
 
 
 def q_candidates(cfg: DictConfig) -> list[dict]:
-    """A list in a learned-Q key (q.trace_weight, q.init_flip, q.lr) means: train one model per value
+    """A list in a learned-Q key (q.reg_weight, q.init_flip, q.lr, q.balance_weight) means: train one model per value
     (per combination, for several lists) on the same noisy labels and keep the one with the lowest NLL on
     the noisy validation slice. The test set plays no part. [{}] when there is nothing to choose."""
     if cfg.q.mode != "learned":
