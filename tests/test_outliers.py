@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from noisy_convnet import datasets, noise, outliers
+from noisy_convnet.datasets import Split
 from noisy_convnet.errors import UserError
 from noisy_convnet.train import run
 
@@ -91,7 +92,8 @@ def test_a_folder_of_images_as_outliers(mnist, tmp_path):
         Image.fromarray(rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)).save(tmp_path / "junk" / "sub" / f"{i}.png")
     train, test = outliers.folder_images(str(tmp_path / "junk"), mnist.shape, np.random.default_rng(0))
     assert train.shape == (20, 1, 28, 28) and test.shape == (20, 1, 28, 28) and train.dtype == torch.uint8
-    o = _compose(mnist, source=str(tmp_path / "junk"), n_in=100, ratio=0.1, labelled=5, external=(train, test))
+    pair = tuple(Split(x, torch.zeros(len(x), dtype=torch.long)) for x in (train, test))
+    o = _compose(mnist, source=str(tmp_path / "junk"), n_in=100, ratio=0.1, labelled=5, external=pair)
     assert o.n_out == 10 and (o.test.y == 5).sum() == 20
     with pytest.raises(UserError, match="^data.outlier_source: no images"):
         outliers.folder_images(str(tmp_path / "junk" / "none"), mnist.shape, np.random.default_rng(0))
@@ -100,3 +102,39 @@ def test_a_folder_of_images_as_outliers(mnist, tmp_path):
 def test_fixed_q_without_labelled_outliers_is_a_user_error(make_cfg):
     with pytest.raises(UserError, match="^data.labelled_outliers: q=fixed needs a non-singular Q"):
         run(make_cfg("noise=outlier", "level=0", "q=fixed", "data.labelled_outliers=0", "data.train_size=300"))
+
+
+def test_outliers_with_an_image_folder_stay_files_read_by_its_transform(make_cfg, tmp_path):
+    """fig4c's path: inliers from an image folder, outliers from its other classes or from another folder
+    (here black images, so they can be told apart once read)."""
+    from PIL import Image
+
+    from .test_datasets import write_image_folder
+
+    write_image_folder(tmp_path / "imgs", classes=("a", "b", "c", "d"), n_train=10, n_val=4)
+    (tmp_path / "web").mkdir()
+    for i in range(12):
+        Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(tmp_path / "web" / f"{i}.jpg")
+    ds = datasets.load("imagefolder", str(tmp_path / "imgs"), image_size=16)
+    o = outliers.compose(ds, "classes", 2, 16, 1.0, 2, np.random.default_rng(0))
+    assert o.train.source is ds.pool.source and o.test.source is ds.test.source
+    assert (o.n_in, o.n_out, len(o.train)) == (16, 16, 34)
+    assert (ds.pool.y[o.train.x[torch.as_tensor(o.y_true == 2)]] >= 2).all()  # outliers: classes c, d
+    assert (o.test.y == 2).sum() == 8 and (ds.test.y[o.test.x[o.test.y == 2]] >= 2).all()
+
+    pair = outliers.folder_files(str(tmp_path / "web"), ds.pool.source.transform, np.random.default_rng(0))
+    o = outliers.compose(ds, str(tmp_path / "web"), 4, 20, 0.2, 2, np.random.default_rng(0), pair)
+    images = [o.train.source[int(i)][0] for i in o.train.x]
+    is_out = [bool((im == 0).all()) for im in images]
+    assert images[0].shape == (3, 16, 16) and is_out == list(o.y_true == 4)
+    assert sum(bool((o.test.source[int(i)][0] == 0).all()) for i in o.test.x) == 6  # the other half
+
+    with pytest.raises(UserError, match="^data.outlier_source: with imagefolder .* not 'photos'"):
+        outliers.compose(ds, "photos", 2, 16, 1.0, 2, np.random.default_rng(0))
+    folder = ["data=imagefolder", f"data.root={tmp_path / 'imgs'}", "data.image_size=16", "data.num_workers=0"]
+    for src in ("classes", str(tmp_path / "web")):
+        r = run(make_cfg(*folder, "noise=outlier", "level=0", f"data.outlier_source={src}", "data.inlier_classes=2",
+                         "data.train_size=16", "data.outlier_ratio=0.25", "data.labelled_outliers=2",
+                         "data.batch_size=8", "model=convnet_cifar", "q=fixed",
+                         run_dir=tmp_path / "run" / str(len(src))))  # fmt: skip
+        assert r["n_out"] == 4 and 0.0 <= r["inlier_ap"] <= 1.0 and 0.0 <= r["test_error"] <= 1.0

@@ -134,6 +134,22 @@ def _torchvision(name: str, root: str, download: bool, verify: bool) -> Dataset:
     return Dataset(name, out[0], out[1], k)
 
 
+class ImageFiles(torch.utils.data.Dataset):
+    """Image files read as ImageFolder reads them (torchvision's loader, RGB, then ``transform``), with no
+    class: label -1. For outlier images that sit beside an image-folder data set."""
+
+    def __init__(self, files: list[Path], transform):
+        self.files, self.transform = files, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        from torchvision.datasets.folder import default_loader
+
+        return self.transform(default_loader(str(self.files[i]))), -1
+
+
 def _imagefolder(root: str, image_size: int) -> Dataset:
     """ImageNet-style folders: root/train/<class>/*.jpg and root/val/<class>/*.jpg, read by workers and
     resized (shorter side to 8/7 of image_size, then a centre crop of image_size)."""

@@ -13,6 +13,8 @@ test set with outliers), where class K (0-based) means "outlier". Outlier source
   a torchvision data set's name (e.g. cifar100 for cifar10) -- its training images are the training
              outliers, its test images the test outliers (read from data.root like the data set).
   a folder path -- every image below it; a seeded half for training, the other half for testing.
+With an image folder as the data set (``data=imagefolder``, too big for memory), ``classes`` and a folder
+path work: the outliers stay files, read by the same DataLoader workers and transform as the inliers.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .datasets import Dataset, Split
+from .datasets import Dataset, ImageFiles, Split
 from .errors import UserError
 
 SOURCES = ("classes", "photos")  # built in; a torchvision data set's name or a folder path also work
@@ -78,9 +80,7 @@ def folder_images(
     other half for testing."""
     from PIL import Image
 
-    files = sorted(p for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if len(files) < 2:
-        raise UserError(f"data.outlier_source: no images (or just one) below '{path}'; expected {IMAGE_SUFFIXES}")
+    files = image_files(path)
     mode = "L" if shape[0] == 1 else "RGB"
 
     def read(f: Path) -> torch.Tensor:
@@ -93,6 +93,35 @@ def folder_images(
     return x[order[half:]], x[order[:half]]
 
 
+def image_files(path: str) -> list[Path]:
+    files = sorted(p for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if len(files) < 2:
+        raise UserError(f"data.outlier_source: no images (or just one) below '{path}'; expected {IMAGE_SUFFIXES}")
+    return files
+
+
+def folder_files(path: str, transform, rng: np.random.Generator) -> tuple[Split, Split]:
+    """The images below ``path`` as file-backed (training, test) Splits for an image-folder data set: a
+    seeded half each, read with the data set's own transform."""
+    files = image_files(path)
+    order = rng.permutation(len(files))
+    half = len(files) // 2
+    parts = [ImageFiles([files[i] for i in idx], transform) for idx in (order[half:], order[:half])]
+    return tuple(Split(torch.arange(len(p)), torch.full((len(p),), -1, dtype=torch.long), p) for p in parts)
+
+
+def _cat(a: Split, b: Split) -> tuple[torch.Tensor, object | None]:
+    """Images (or indices) of a then b, and their common source: tensors concatenate; index Splits of one
+    source concatenate their indices; of two sources, b's indices shift past a's source in a ConcatDataset."""
+    if a.source is None and b.source is None:
+        return torch.cat([a.x, b.x]), None
+    if a.source is b.source:
+        return torch.cat([a.x, b.x]), a.source
+    if a.source is None or b.source is None:
+        raise ValueError("cannot mix in-memory images with file-backed ones")
+    return torch.cat([a.x, b.x + len(a.source)]), torch.utils.data.ConcatDataset([a.source, b.source])
+
+
 def compose(
     ds: Dataset,
     source: str,
@@ -101,12 +130,17 @@ def compose(
     ratio: float,
     labelled: int,
     rng: np.random.Generator,
-    external: tuple[torch.Tensor, torch.Tensor] | None = None,
+    external: tuple[Split, Split] | None = None,
 ) -> OutlierData:
     """Training set of n_in inliers, round(ratio * n_in) outliers with uniform labels over the K inlier
-    classes, and ``labelled`` outliers labelled K; test set of the test inliers and as many outliers."""
-    if ds.pool.source is not None:
-        raise UserError(f"noise: outlier noise works on the in-memory data sets, not on {ds.name}")
+    classes, and ``labelled`` outliers labelled K; test set of the test inliers and the test outliers.
+    ``external``: the (training, test) outlier images of a source other than the built-in ones."""
+    files = ds.pool.source is not None
+    if files and (source == "photos" or (external is not None and external[0].source is None)):
+        raise UserError(
+            f"data.outlier_source: with {ds.name} (images read from files) the outliers must be 'classes' or a "
+            f"folder of images, not '{source}'"
+        )
     if source not in SOURCES and external is None:
         raise UserError(
             f"data.outlier_source: unknown source '{source}'; allowed: {', '.join(SOURCES)}, a torchvision data "
@@ -131,32 +165,33 @@ def compose(
     if source == "photos":  # patches: as many as asked
         x_out = photo_patches(n_draw, ds.shape, 0, rng)
         test_out_x = photo_patches(len(test_in), ds.shape, 1, rng)
+        out, test_out = (Split(x, torch.zeros(len(x), dtype=torch.long)) for x in (x_out, test_out_x))
     else:  # a finite set of outlier images, in a seeded order: the first n_draw are used
         if source == "classes":
-            order_out = torch.as_tensor(rng.permutation(np.flatnonzero(ds.pool.y.numpy() >= k)))
-            available, what = ds.pool.x, f"images of classes {k}..{ds.num_classes - 1} in the pool"
-            test_out_x = ds.test.x[torch.as_tensor(np.flatnonzero(ds.test.y.numpy() >= k))]
+            order_out = rng.permutation(np.flatnonzero(ds.pool.y.numpy() >= k))
+            available, what = ds.pool, f"images of classes {k}..{ds.num_classes - 1} in the pool"
+            test_out = ds.test.take(np.flatnonzero(ds.test.y.numpy() >= k))
         else:  # another data set's images, or a folder's, already split into (train, test)
-            (available, test_out_x), what = external, f"training images of {source}"
-            order_out = torch.as_tensor(rng.permutation(len(available)))
+            (available, test_out), what = external, f"training images of {source}"
+            order_out = rng.permutation(len(available))
         if n_draw > len(order_out):
             raise UserError(
                 f"data.labelled_outliers: {n_out} outliers + {labelled} labelled ones exceed the {len(order_out)} "
                 f"{what}; lower data.outlier_ratio or this"
             )
-        x_out = available[order_out[:n_draw]]
+        out = available.take(order_out[:n_draw])
 
     y_out = np.concatenate([rng.integers(0, k, n_out), np.full(labelled, k)]).astype(np.int64)
-    x = torch.cat([inl.x, x_out])
+    x, train_source = _cat(inl, out)
     y_noisy = np.concatenate([inl.y.numpy(), y_out])
     y_true = np.concatenate([inl.y.numpy(), np.full(n_draw, k)])
     order = rng.permutation(len(y_noisy))  # mix, so the validation slice holds outliers too
-    test = Split(
-        torch.cat([ds.test.x[torch.as_tensor(test_in)], test_out_x]),
-        torch.cat([ds.test.y[torch.as_tensor(test_in)], torch.full((len(test_out_x),), k, dtype=torch.long)]),
-    )
+    test_inl = ds.test.take(test_in)
+    test_x, test_source = _cat(test_inl, test_out)
+    test_y = torch.cat([test_inl.y, torch.full((len(test_out),), k, dtype=torch.long)])
+    test = Split(test_x, test_y, test_source)
     return OutlierData(
-        Split(x[torch.as_tensor(order)], torch.from_numpy(y_noisy[order])),
+        Split(x[torch.as_tensor(order)], torch.from_numpy(y_noisy[order]), train_source),
         y_true[order],
         test,
         k,

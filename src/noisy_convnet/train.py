@@ -143,7 +143,7 @@ def prepare_outliers(cfg: DictConfig, ds: datasets.Dataset) -> dict:
     y[inl] = noise.corrupt(o.y_true[inl], flip, rng(cfg.seed, 2))
     q_true = noise.outlier(k, outliers.alpha(o.n_out, o.labelled), flip)
     keep = np.ones(len(y), bool) if cfg.q.mode != "none" else y < k
-    train = datasets.Split(o.train.x[torch.as_tensor(keep)], torch.from_numpy(y[keep]))
+    train = o.train.take(np.flatnonzero(keep)).relabel(y[keep])
     extra = {"outlier_ratio": d.outlier_ratio, "n_in": o.n_in, "n_out": o.n_out, "labelled_outliers": o.labelled,
              "outlier_source": d.outlier_source}  # fmt: skip
     return {"train": train, "y_true": o.y_true[keep], "test": o.test, "num_classes": k, "Q_true": q_true,
@@ -209,18 +209,22 @@ def q_candidates(cfg: DictConfig) -> list[dict]:
     return [dict(zip(lists, values, strict=True)) for values in itertools.product(*lists.values())]
 
 
-def external_outliers(cfg: DictConfig, ds: datasets.Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(training, test) outlier images from another data set or a folder, in ds's shape; None for the
-    built-in sources."""
+def external_outliers(cfg: DictConfig, ds: datasets.Dataset) -> tuple[datasets.Split, datasets.Split] | None:
+    """(training, test) outlier images from another data set or a folder, in ds's shape (or, for an image
+    folder data set, as files read with its transform); None for the built-in sources."""
     src = cfg.data.outlier_source
     if src in outliers.SOURCES:
         return None
+    if ds.pool.source is not None and Path(to_absolute_path(src)).is_dir():
+        return outliers.folder_files(to_absolute_path(src), ds.pool.source.transform, rng(cfg.seed, 4))
     if src in datasets.TORCHVISION:
         other = datasets.load(src, to_absolute_path(cfg.data.root), cfg.data.download, cfg.data.verify)
-        return outliers.to_shape(other.pool.x, ds.shape), outliers.to_shape(other.test.x, ds.shape)
-    if Path(to_absolute_path(src)).is_dir():
-        return outliers.folder_images(to_absolute_path(src), ds.shape, rng(cfg.seed, 4))
-    return None  # compose names the allowed sources
+        pair = outliers.to_shape(other.pool.x, ds.shape), outliers.to_shape(other.test.x, ds.shape)
+    elif Path(to_absolute_path(src)).is_dir():
+        pair = outliers.folder_images(to_absolute_path(src), ds.shape, rng(cfg.seed, 4))
+    else:
+        return None  # compose names the allowed sources
+    return tuple(datasets.Split(x, torch.zeros(len(x), dtype=torch.long)) for x in pair)
 
 
 def run(cfg: DictConfig) -> dict:
