@@ -47,6 +47,8 @@ def test_documented_overrides_reach_the_config(make_cfg, tmp_path):
         ("q.reg_weight=[0.5,-1]", "q.reg_weight"),
         ("q.init_flip=[0.01,1.5]", "q.init_flip"),
         ("q.lr=[0.1,abc]", "q.lr"),
+        ("q.regulariser=lasso", "q.regulariser"),
+        ("q.balance_weight=-1", "q.balance_weight"),
     ],
 )
 def test_validate_names_the_bad_key(make_cfg, override, key):
