@@ -64,7 +64,7 @@ def photo_patches(n: int, shape: tuple[int, int, int], photo: int, rng: np.rando
     """n random square patches (48 to 160 pixels) of one bundled photo, resized to shape, uint8."""
     from sklearn.datasets import load_sample_images
 
-    img = torch.from_numpy(load_sample_images().images[photo]).permute(2, 0, 1)[None]  # (1, 3, 427, 640)
+    img = torch.from_numpy(load_sample_images().images[photo].copy()).permute(2, 0, 1)[None]  # (1, 3, 427, 640)
     patches = []
     for _ in range(n):
         s = int(rng.integers(48, 161))
