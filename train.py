@@ -11,23 +11,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from noisy_convnet.config import check_overrides
+from noisy_convnet.config import check_overrides, share_machine
 from noisy_convnet.errors import UserError
 from noisy_convnet.train import run
 
 
-def _threads_under_joblib(cfg: DictConfig) -> None:
-    """Cells run in parallel by the joblib launcher share the cores instead of each taking them all."""
-    launcher = HydraConfig.get().launcher
-    if cfg.threads is None and "joblib" in str(launcher.get("_target_", "")).lower():
-        cores, n_jobs = os.cpu_count() or 1, launcher.get("n_jobs", -1)
-        jobs = cores if n_jobs is None or n_jobs < 1 else min(n_jobs, cores)  # joblib: -1 = one per core
-        cfg.threads = max(1, cores // jobs)
-
-
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    _threads_under_joblib(cfg)
+    share_machine(cfg, HydraConfig.get().launcher, os.cpu_count() or 1)
     try:
         record = run(cfg)
     except UserError as e:

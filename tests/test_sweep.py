@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from noisy_convnet import config, report
+from noisy_convnet.errors import UserError
 from noisy_convnet.results import RESULTS_FILE
 from noisy_convnet.train import run
 
@@ -71,6 +72,32 @@ def test_slurm_launcher_settings_reach_submitit(tmp_path, monkeypatch):
 def test_joblib_launcher_composes():
     cfg = _compose("hydra/launcher=joblib", "run_dir=/tmp/unused")
     assert "Joblib" in cfg.hydra.launcher._target_
+
+
+def test_joblib_cells_share_the_cores_and_the_gpu(make_cfg):
+    joblib = _compose("hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "run_dir=/tmp/unused").hydra.launcher
+    cfg = make_cfg()
+    config.share_machine(cfg, joblib, cores=16)
+    assert (cfg.threads, cfg.gpu_fraction) == (4, 0.25)
+    cfg = make_cfg("threads=2", "gpu_fraction=0.5")  # what the user set stays
+    config.share_machine(cfg, joblib, cores=16)
+    assert (cfg.threads, cfg.gpu_fraction) == (2, 0.5)
+    cfg = make_cfg()
+    config.share_machine(cfg, {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, cores=16)
+    assert (cfg.threads, cfg.gpu_fraction) == (None, None)
+    assert config.joblib_jobs({"_target_": "JoblibLauncher", "n_jobs": -1}, cores=2) == 2
+
+
+def test_a_gpu_fraction_reaches_torch(make_cfg, monkeypatch):
+    import torch
+
+    seen, answers = [], iter([True])  # "a GPU" for the first question only: run() asks before Lightning
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: next(answers, False))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, *a: seen.append(f))
+    run(make_cfg("trainer=cpu", "gpu_fraction=0.25"))
+    assert seen == [0.25]
+    with pytest.raises(UserError, match=r"^gpu_fraction: 1.5 is outside \(0, 1\]"):
+        run(make_cfg("gpu_fraction=1.5"))
 
 
 def test_a_finished_cell_is_skipped(make_cfg, tmp_path):

@@ -79,6 +79,7 @@ class TrainConf:
     run_dir: str = "outputs/run"
     sweep: str = "default"  # names a sweep's directory and its W&B group
     threads: int | None = None  # torch CPU threads for this run; None = torch's default (all cores)
+    gpu_fraction: float | None = None  # share of the GPU's memory this run may take; None = all of it
     data: DataConf = field(default_factory=DataConf)
     noise: NoiseConf = field(default_factory=NoiseConf)
     q: QConf = field(default_factory=QConf)
@@ -146,6 +147,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise UserError(f"trainer.max_epochs: {cfg.trainer.max_epochs} must be >= 1")
     if cfg.early_stopping and cfg.data.val_fraction == 0:
         raise UserError("early_stopping: needs a validation slice; set data.val_fraction > 0")
+    if cfg.gpu_fraction is not None and not 0.0 < cfg.gpu_fraction <= 1.0:
+        raise UserError(f"gpu_fraction: {cfg.gpu_fraction} is outside (0, 1]")
     if cfg.patience < 1:
         raise UserError(f"patience: {cfg.patience} must be >= 1")
     return cfg
@@ -162,6 +165,28 @@ def _check_selectable(cfg: DictConfig, key: str, ok, allowed: str) -> None:
         raise UserError(
             f"q.{key}: choosing among {len(values)} values needs a validation slice; set data.val_fraction > 0"
         )
+
+
+def joblib_jobs(launcher: DictConfig | dict, cores: int) -> int | None:
+    """How many cells the joblib launcher runs at once on this machine (joblib: n_jobs -1 = one per core);
+    None for another launcher."""
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return None
+    n_jobs = launcher.get("n_jobs", -1)
+    return cores if n_jobs is None or n_jobs < 1 else min(n_jobs, cores)
+
+
+def share_machine(cfg: DictConfig, launcher: DictConfig | dict, cores: int) -> None:
+    """Cells run in parallel by the joblib launcher share the machine instead of each taking all of it:
+    cores / jobs CPU threads each and, on a GPU, 1 / jobs of its memory each (several small trainings on
+    one GPU). Values the user set are kept."""
+    jobs = joblib_jobs(launcher, cores)
+    if jobs is None:
+        return
+    if cfg.threads is None:
+        cfg.threads = max(1, cores // jobs)
+    if cfg.get("gpu_fraction") is None:
+        cfg.gpu_fraction = round(1.0 / jobs, 4)
 
 
 def group_options(group: str) -> list[str]:

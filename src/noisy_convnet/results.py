@@ -17,7 +17,7 @@ import numpy as np
 RESULTS_FILE = "results.json"
 # Config keys that say where and how a run is watched, not what it computes: a finished cell is reused
 # whatever they are (a rerun may log elsewhere, or run with another launcher).
-VOLATILE = ("run_dir", "logger", "threads", "sweep", "trainer.enable_progress_bar")
+VOLATILE = ("run_dir", "logger", "threads", "gpu_fraction", "sweep", "trainer.enable_progress_bar")
 
 
 def to_jsonable(x: Any) -> Any:

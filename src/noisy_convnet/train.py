@@ -237,6 +237,8 @@ def run(cfg: DictConfig) -> dict:
         return done
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.gpu_fraction and torch.cuda.is_available():  # one of several trainings sharing this GPU
+        torch.cuda.set_per_process_memory_fraction(cfg.gpu_fraction)
 
     ds = datasets.load(cfg.data.name, to_absolute_path(cfg.data.root), cfg.data.download, cfg.data.verify,
                        cfg.data.image_size)  # fmt: skip
