@@ -112,8 +112,9 @@ class NoiseLayer(nn.Module):
             self.register_buffer("q_fixed", q_true.clone())
         elif mode == "learned":
             k = num_classes
-            # Start near I with a little mass off the diagonal: exactly I would put log q = -inf (softmax)
-            # or sit on the simplex's corner (projected), where nothing moves.
+            # 1 - init_flip on the diagonal, the rest spread evenly (default 0.5: diffuse, so the base model
+            # does not absorb the noise first). Never exactly I: log q = -inf (softmax) or the simplex's
+            # corner (projected), where nothing moves.
             q0 = (1.0 - init_flip) * torch.eye(k) + init_flip / max(k - 1, 1) * (1.0 - torch.eye(k))
             self.weight = nn.Parameter(torch.log(q0) if param == "softmax" else q0)
 

@@ -5,7 +5,7 @@ out the noisy validation slice -> train base net + noise layer -> test the base 
 write results.json (atomically), the Q* / Q heatmap and the resolved config into the run directory.
 
 Expected result with the defaults (mnist5k, random Q* at level 0.5, 4,000 images, learned Q, 20 epochs,
-2 CPU cores): about 4% clean test error in about a minute; see README for the measured table.
+2 CPU cores): 5.6% clean test error in about 40 s; see README for the measured table.
 """
 
 from __future__ import annotations
