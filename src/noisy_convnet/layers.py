@@ -144,13 +144,15 @@ class NoiseLayer(nn.Module):
         """For a learned Q (0 otherwise): reg_weight * trace(Q) / K (``trace``) or reg_weight * sum(Q**2) / K
         (``ridge``) -- lower = more diffuse Q; both are 1 for Q = I and 1/K for a uniform Q -- plus, given
         the base model's logits for a batch, ``balance_weight * balance(logits)``."""
-        zero = torch.zeros((), device=self._device())
-        if self.mode != "learned" or self.frozen:
-            return zero
-        q = self.q()
-        reg = q.square().sum(0).mean() if self.regulariser_kind == "ridge" else torch.diagonal(q).mean()
-        out = self.reg_weight * reg if self.reg_weight else zero
-        if self.balance_weight and logits is not None:
+        out = torch.zeros((), device=self._device())
+        if self.mode != "learned":
+            return out
+        if self.reg_weight and not self.frozen:  # a frozen Q (warm-up) is not regularised
+            q = self.q()
+            out = out + self.reg_weight * (
+                q.square().sum(0).mean() if self.regulariser_kind == "ridge" else torch.diagonal(q).mean()
+            )
+        if self.balance_weight and logits is not None:  # a term on the base model: applies in warm-up too
             out = out + self.balance_weight * balance(logits)
         return out
 
