@@ -80,33 +80,29 @@ def folder_images(
     other half for testing."""
     from PIL import Image
 
-    files = image_files(path)
     mode = "L" if shape[0] == 1 else "RGB"
 
     def read(f: Path) -> torch.Tensor:
         a = np.asarray(Image.open(f).convert(mode))
-        return torch.from_numpy(a[:, :, None] if a.ndim == 2 else a).permute(2, 0, 1)[None]
+        return to_shape(torch.from_numpy(a[:, :, None] if a.ndim == 2 else a).permute(2, 0, 1)[None], shape)
 
-    x = torch.cat([to_shape(read(f), shape) for f in files])
-    order = torch.as_tensor(rng.permutation(len(files)))
-    half = len(files) // 2
-    return x[order[half:]], x[order[:half]]
+    return tuple(torch.cat([read(f) for f in part]) for part in halved_image_files(path, rng))
 
 
-def image_files(path: str) -> list[Path]:
+def halved_image_files(path: str, rng: np.random.Generator) -> tuple[list[Path], list[Path]]:
+    """The image files below ``path`` in a seeded order, cut in two: (training half, test half)."""
     files = sorted(p for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if len(files) < 2:
         raise UserError(f"data.outlier_source: no images (or just one) below '{path}'; expected {IMAGE_SUFFIXES}")
-    return files
+    order = rng.permutation(len(files))
+    half = len(files) // 2
+    return [files[i] for i in order[half:]], [files[i] for i in order[:half]]
 
 
 def folder_files(path: str, transform, rng: np.random.Generator) -> tuple[Split, Split]:
     """The images below ``path`` as file-backed (training, test) Splits for an image-folder data set: a
     seeded half each, read with the data set's own transform."""
-    files = image_files(path)
-    order = rng.permutation(len(files))
-    half = len(files) // 2
-    parts = [ImageFiles([files[i] for i in idx], transform) for idx in (order[half:], order[:half])]
+    parts = [ImageFiles(files, transform) for files in halved_image_files(path, rng)]
     return tuple(Split(torch.arange(len(p)), torch.full((len(p),), -1, dtype=torch.long), p) for p in parts)
 
 
@@ -135,8 +131,7 @@ def compose(
     """Training set of n_in inliers, round(ratio * n_in) outliers with uniform labels over the K inlier
     classes, and ``labelled`` outliers labelled K; test set of the test inliers and the test outliers.
     ``external``: the (training, test) outlier images of a source other than the built-in ones."""
-    files = ds.pool.source is not None
-    if files and (source == "photos" or (external is not None and external[0].source is None)):
+    if ds.pool.source is not None and source != "classes" and external is None:
         raise UserError(
             f"data.outlier_source: with {ds.name} (images read from files) the outliers must be 'classes' or a "
             f"folder of images, not '{source}'"

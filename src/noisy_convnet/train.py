@@ -189,7 +189,6 @@ def fit(cfg: DictConfig, ds: datasets.Dataset, prep: dict, q_choice: dict, run_d
         "epochs": epochs,
         "reg_weight": layer.reg_weight if cfg.q.mode == "learned" else None,
         "q_choice": q_choice or None,
-        "test_error": module.test_results["test_error"],
         "val_nll": None if val_nll is None else float(val_nll),
         "Q": q_end,
         "q_error": None if q_end is None else noise.q_error(q_end, q_true),
@@ -215,13 +214,15 @@ def external_outliers(cfg: DictConfig, ds: datasets.Dataset) -> tuple[datasets.S
     src = cfg.data.outlier_source
     if src in outliers.SOURCES:
         return None
-    if ds.pool.source is not None and Path(to_absolute_path(src)).is_dir():
-        return outliers.folder_files(to_absolute_path(src), ds.pool.source.transform, rng(cfg.seed, 4))
+    folder = to_absolute_path(src)
+    if ds.pool.source is not None:  # files stay files: a folder, or nothing (compose says what is allowed)
+        is_dir = Path(folder).is_dir()
+        return outliers.folder_files(folder, ds.pool.source.transform, rng(cfg.seed, 4)) if is_dir else None
     if src in datasets.TORCHVISION:
         other = datasets.load(src, to_absolute_path(cfg.data.root), cfg.data.download, cfg.data.verify)
         pair = outliers.to_shape(other.pool.x, ds.shape), outliers.to_shape(other.test.x, ds.shape)
-    elif Path(to_absolute_path(src)).is_dir():
-        pair = outliers.folder_images(to_absolute_path(src), ds.shape, rng(cfg.seed, 4))
+    elif Path(folder).is_dir():
+        pair = outliers.folder_images(folder, ds.shape, rng(cfg.seed, 4))
     else:
         return None  # compose names the allowed sources
     return tuple(datasets.Split(x, torch.zeros(len(x), dtype=torch.long)) for x in pair)
