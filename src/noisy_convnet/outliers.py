@@ -83,7 +83,7 @@ def folder_images(
     mode = "L" if shape[0] == 1 else "RGB"
 
     def read(f: Path) -> torch.Tensor:
-        a = np.asarray(Image.open(f).convert(mode))
+        a = np.array(Image.open(f).convert(mode))  # a writable copy: torch warns on read-only arrays
         return to_shape(torch.from_numpy(a[:, :, None] if a.ndim == 2 else a).permute(2, 0, 1)[None], shape)
 
     return tuple(torch.cat([read(f) for f in part]) for part in halved_image_files(path, rng))
