@@ -12,7 +12,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,cleanlab]"
 	touch $(STAMP)
 
 install: $(STAMP) ## make .venv and install the package with its dependencies (once)

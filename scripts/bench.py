@@ -20,18 +20,16 @@ import argparse
 import json
 import platform
 import time
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from noisy_convnet.config import compose
 from noisy_convnet.data import TensorDataModule
 from noisy_convnet.datasets import Split
+from noisy_convnet.layers import NoiseLayer
 from noisy_convnet.module import NoisyLabelModule
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 class StepTimer(pl.Callback):
@@ -61,7 +59,8 @@ def framework(cfg, data: Split, q: str, steps: int, warmup: int, batch: int) -> 
     pl.seed_everything(0, verbose=False)
     dm = TensorDataModule(data, Split(data.x[:0], data.y[:0]), data, batch, 0, 0, cfg.data.channels_last)
     net = instantiate(cfg.model, in_shape=tuple(data.x.shape[1:]), num_classes=k)
-    layer = instantiate(cfg.q, mode=q, num_classes=k)  # conf/q/learned.yaml: the recipe a run uses
+    # conf/q/learned.yaml: the recipe a run uses; q=none: no noise layer
+    layer = instantiate(cfg.q).layer(k, {}) if q == "learned" else NoiseLayer(k)
     module = NoisyLabelModule(net, layer, instantiate(cfg.optim.optimizer), instantiate(cfg.optim.scheduler),
                               num_classes=k, channels_last=cfg.data.channels_last)  # fmt: skip
     timer = StepTimer(warmup)
@@ -113,8 +112,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. trainer=gpu data.channels_last=true")
     a = ap.parse_args()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={a.model}", "q=learned", "run_dir=/tmp/bench", *a.overrides])
+    cfg = compose([f"model={a.model}", "q=learned", "run_dir=/tmp/bench", *a.overrides])
     g = torch.Generator().manual_seed(0)
     data = Split(torch.randint(0, 256, (a.n, *a.shape), dtype=torch.uint8, generator=g),
                  torch.randint(0, 10, (a.n,), generator=g))  # fmt: skip

@@ -4,7 +4,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+
+from noisy_convnet.config import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -17,10 +18,7 @@ def make_cfg(tmp_path):
     """Compose the real config in-process, as train.py would, with overrides; run_dir under tmp_path."""
 
     def _make(*overrides, fast=True, run_dir=None):
-        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-            return compose(
-                "train", overrides=[*(FAST if fast else []), f"run_dir={run_dir or tmp_path / 'run'}", *overrides]
-            )
+        return compose([*(FAST if fast else []), f"run_dir={run_dir or tmp_path / 'run'}", *overrides])
 
     return _make
 

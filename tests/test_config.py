@@ -5,6 +5,7 @@ import pytest
 
 from noisy_convnet import config
 from noisy_convnet.errors import UserError
+from noisy_convnet.train import run
 
 from .conftest import run_cli
 
@@ -19,7 +20,7 @@ def test_every_option_of_every_group_composes_and_validates(make_cfg, group):
         config.validate(make_cfg(choice, *([REQUIRED[choice]] if choice in REQUIRED else [])))
         if choice in REQUIRED:
             with pytest.raises(UserError, match=f"^{REQUIRED[choice].split('=')[0]}: "):
-                config.validate(make_cfg(choice))
+                run(make_cfg(choice))  # before any data is read
 
 
 def test_documented_overrides_reach_the_config(make_cfg, tmp_path):
@@ -30,7 +31,7 @@ def test_documented_overrides_reach_the_config(make_cfg, tmp_path):
         )
     )  # fmt: skip
     assert (cfg.data.name, cfg.data.train_size, cfg.noise.matrix, cfg.level) == ("mnist5k", 1000, "pair", 0.3)
-    assert (cfg.q.mode, cfg.seed, cfg.trainer.max_epochs) == ("fixed", 3, 7)
+    assert (config.build(cfg.q, "q").name, cfg.seed, cfg.trainer.max_epochs) == ("fixed", 3, 7)
 
 
 @pytest.mark.parametrize(
@@ -41,7 +42,12 @@ def test_documented_overrides_reach_the_config(make_cfg, tmp_path):
         ("level=abc", "level"),
         ("data.train_size=many", "data.train_size"),
         ("data.val_fraction=0.9", "data.val_fraction"),
-        ("q.mode=sometimes", "q.mode"),
+        ("q.mode=sometimes", "q.mode"),  # no such key
+        ("q.param=sometimes", "q.param"),
+        ("q.warmup_epochs=-1", "q.warmup_epochs"),
+        ("noise.outlier_ratio=1", "noise.outlier_ratio"),  # a key of another noise model
+        ("+noise.outlier_ratio=1", "noise"),  # forced in: the flip model has no such argument
+        ("q._target_=noisy_convnet.nowhere.Q", "q"),
         ("noise.matrix=diagonal", "noise.matrix"),
         ("trainer.max_epochs=0", "trainer.max_epochs"),
         ("q.reg_weight=[0.5,-1]", "q.reg_weight"),
@@ -52,16 +58,27 @@ def test_documented_overrides_reach_the_config(make_cfg, tmp_path):
     ],
 )
 def test_validate_names_the_bad_key(make_cfg, override, key):
-    with pytest.raises(UserError, match=f"^{key}: "):
+    with pytest.raises(UserError, match=f"^{key}: "):  # when composed (types, unknown keys) or validated
         config.validate(make_cfg(override))
 
 
-def test_unknown_group_option_is_caught_before_hydra():
+def test_hydra_composition_errors_become_one_line():
     with pytest.raises(UserError, match="^data: unknown option 'imagenet9'; allowed: .*mnist5k"):
-        config.check_overrides(["data=imagenet9"])
-    with pytest.raises(UserError, match="^q: unknown option 'sometimes'"):
-        config.check_overrides(["q=none,sometimes"])  # a sweep is checked value by value
-    config.check_overrides(["data=digits", "q=none,fixed,learned", "level=0.5"])
+        config.compose(["data=imagenet9"])
+    with pytest.raises(UserError, match="^nois: unknown key"):
+        config.compose(["nois=flip"])
+    with pytest.raises(UserError, match="^level: Value 'abc' .*could not be converted to Float"):
+        config.compose(["level=abc"])
+    cfg = config.compose(["logger=[csv,tensorboard]", "run_dir=/tmp/unused"])  # Hydra's list syntax composes
+    assert set(cfg.logger) == {"csv", "tensorboard"}
+
+
+@pytest.mark.parametrize("noise", ["none", "outlier", "labels"])
+def test_a_noise_model_without_level_refuses_one(make_cfg, noise):
+    extra = ["noise.file=labels.npy"] if noise == "labels" else []
+    config.validate(make_cfg(f"noise={noise}", *extra))  # the default level is fine
+    with pytest.raises(UserError, match=f"^level: noise={noise} does not use level"):
+        config.validate(make_cfg(f"noise={noise}", "level=0.3", *extra))
 
 
 def _bad_matrix_files(tmp_path):
@@ -85,11 +102,14 @@ def _bad_matrix_files(tmp_path):
         (["noise.matrix=SHAPE"], "noise.matrix"),
         (["noise.matrix=SUMS"], "noise.matrix"),
         (["noise.matrix=uniform", "level=0.9", "q=fixed"], "q"),  # uniform at (K-1)/K: singular Q*
+        (["nois=flip"], "nois"),
+        (["noise=outlier", "level=0.2"], "level"),
+        (["hydra.mode=MULTIRUN", "q=none,sometimes", "hydra.sweep.dir=SWEEP"], "q"),
     ],
 )
 def test_bad_input_ends_with_one_line_and_no_results(tmp_path, args, key):
     shape, sums = _bad_matrix_files(tmp_path)
-    args = [a.replace("SHAPE", str(shape)).replace("SUMS", str(sums)) for a in args]
+    args = [a.replace("SHAPE", str(shape)).replace("SUMS", str(sums)).replace("SWEEP", str(tmp_path)) for a in args]
     run_dir = tmp_path / "run"
     p = run_cli("data=digits", *args, f"hydra.run.dir={run_dir}", "logger=none", "trainer.enable_progress_bar=false")
     assert p.returncode == 2, p.stderr

@@ -53,8 +53,8 @@ def test_eq8_with_labelled_outliers_is_non_singular_and_its_columns_sum_to_one()
 
 @pytest.mark.parametrize(
     "kw, key",
-    [({"ratio": -1.0}, "data.outlier_ratio"), ({"labelled": 5000}, "data.labelled_outliers"),
-     ({"source": "webcam"}, "data.outlier_source"), ({"inlier_classes": 10}, "data.inlier_classes")],
+    [({"ratio": -1.0}, "noise.outlier_ratio"), ({"labelled": 5000}, "noise.labelled_outliers"),
+     ({"source": "webcam"}, "noise.outlier_source"), ({"inlier_classes": 10}, "noise.inlier_classes")],
 )  # fmt: skip
 def test_bad_outlier_settings_are_user_errors(mnist, kw, key):
     with pytest.raises(UserError, match=f"^{key}: "):
@@ -63,12 +63,13 @@ def test_bad_outlier_settings_are_user_errors(mnist, kw, key):
 
 @pytest.mark.parametrize("q", ["none", "fixed"])
 def test_outlier_run_reports_inlier_error_and_ap(make_cfg, tmp_path, q):
-    r = run(make_cfg("noise=outlier", "level=0", f"q={q}", "data.train_size=500", "data.labelled_outliers=20",
+    r = run(make_cfg("noise=outlier", f"q={q}", "data.train_size=500", "noise.labelled_outliers=20",
                      "trainer.max_epochs=3", run_dir=tmp_path / q))  # fmt: skip
-    assert (r["n_in"], r["n_out"], r["labelled_outliers"], r["outlier_ratio"]) == (500, 500, 20, 1.0)
-    assert 0 <= r["test_error"] <= 1 and 0.5 < r["inlier_ap"] <= 1
-    assert np.array(r["Q_true"]).shape == (6, 6)
-    assert len(r["pr_curve"]["precision"]) == len(r["pr_curve"]["recall"]) > 10
+    assert (r.fields["n_in"], r.fields["n_out"], r.fields["labelled_outliers"], r.fields["outlier_ratio"]) == (
+        500, 500, 20, 1.0)  # fmt: skip
+    assert 0 <= r.test_error <= 1 and 0.5 < r.inlier_ap <= 1
+    assert np.array(r.Q_true).shape == (6, 6) and r.trainings == 1
+    assert len(r.pr_curve["precision"]) == len(r.pr_curve["recall"]) > 10
 
 
 def test_another_data_sets_images_as_outliers(make_cfg, tmp_path):
@@ -78,9 +79,12 @@ def test_another_data_sets_images_as_outliers(make_cfg, tmp_path):
     write_cifar(tmp_path / "data", 10)
     write_cifar(tmp_path / "data", 100)
     cifar = ["data=cifar10", f"data.root={tmp_path / 'data'}", "data.verify=false", "model=convnet_cifar"]
-    outl = ["noise=outlier", "level=0", "data.outlier_source=cifar100", "data.outlier_ratio=1.0"]
-    r = run(make_cfg(*cifar, *outl, "data.train_size=60", "data.labelled_outliers=10", "q=fixed", "data.batch_size=16"))
-    assert (r["n_in"], r["n_out"], r["outlier_source"]) == (60, 60, "cifar100") and 0 < r["inlier_ap"] <= 1
+    outl = ["noise=outlier", "noise.outlier_source=cifar100", "noise.outlier_ratio=1.0"]
+    r = run(
+        make_cfg(*cifar, *outl, "data.train_size=60", "noise.labelled_outliers=10", "q=fixed", "data.batch_size=16")
+    )
+    assert (r.fields["n_in"], r.fields["n_out"], r.fields["outlier_source"]) == (60, 60, "cifar100")
+    assert 0 < r.inlier_ap <= 1
 
 
 def test_a_folder_of_images_as_outliers(mnist, tmp_path):
@@ -95,13 +99,13 @@ def test_a_folder_of_images_as_outliers(mnist, tmp_path):
     pair = tuple(Split(x, torch.zeros(len(x), dtype=torch.long)) for x in (train, test))
     o = _compose(mnist, source=str(tmp_path / "junk"), n_in=100, ratio=0.1, labelled=5, external=pair)
     assert o.n_out == 10 and (o.test.y == 5).sum() == 20
-    with pytest.raises(UserError, match="^data.outlier_source: no images"):
+    with pytest.raises(UserError, match="^noise.outlier_source: no images"):
         outliers.folder_images(str(tmp_path / "junk" / "none"), mnist.shape, np.random.default_rng(0))
 
 
 def test_fixed_q_without_labelled_outliers_is_a_user_error(make_cfg):
-    with pytest.raises(UserError, match="^data.labelled_outliers: q=fixed needs a non-singular Q"):
-        run(make_cfg("noise=outlier", "level=0", "q=fixed", "data.labelled_outliers=0", "data.train_size=300"))
+    with pytest.raises(UserError, match="^noise.labelled_outliers: q=fixed needs a non-singular Q"):
+        run(make_cfg("noise=outlier", "q=fixed", "noise.labelled_outliers=0", "data.train_size=300"))
 
 
 def test_outliers_with_an_image_folder_stay_files_read_by_its_transform(make_cfg, tmp_path):
@@ -129,12 +133,12 @@ def test_outliers_with_an_image_folder_stay_files_read_by_its_transform(make_cfg
     assert images[0].shape == (3, 16, 16) and is_out == list(o.y_true == 4)
     assert sum(bool((o.test.source[int(i)][0] == 0).all()) for i in o.test.x) == 6  # the other half
 
-    with pytest.raises(UserError, match="^data.outlier_source: with imagefolder .* not 'photos'"):
+    with pytest.raises(UserError, match="^noise.outlier_source: with imagefolder .* not 'photos'"):
         outliers.compose(ds, "photos", 2, 16, 1.0, 2, np.random.default_rng(0))
     folder = ["data=imagefolder", f"data.root={tmp_path / 'imgs'}", "data.image_size=16", "data.num_workers=0"]
     for src in ("classes", str(tmp_path / "web")):
-        r = run(make_cfg(*folder, "noise=outlier", "level=0", f"data.outlier_source={src}", "data.inlier_classes=2",
-                         "data.train_size=16", "data.outlier_ratio=0.25", "data.labelled_outliers=2",
+        r = run(make_cfg(*folder, "noise=outlier", f"noise.outlier_source={src}", "noise.inlier_classes=2",
+                         "data.train_size=16", "noise.outlier_ratio=0.25", "noise.labelled_outliers=2",
                          "data.batch_size=8", "model=convnet_cifar", "q=fixed",
                          run_dir=tmp_path / "run" / str(len(src))))  # fmt: skip
-        assert r["n_out"] == 4 and 0.0 <= r["inlier_ap"] <= 1.0 and 0.0 <= r["test_error"] <= 1.0
+        assert r.fields["n_out"] == 4 and 0.0 <= r.inlier_ap <= 1.0 and 0.0 <= r.test_error <= 1.0

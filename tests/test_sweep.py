@@ -14,9 +14,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from noisy_convnet import config, report
+from noisy_convnet import config, report, runtime
 from noisy_convnet.errors import UserError
-from noisy_convnet.results import RESULTS_FILE
+from noisy_convnet.results import RESULTS_FILE, Record
 from noisy_convnet.train import run
 
 from .conftest import CONF, ROOT
@@ -77,15 +77,15 @@ def test_joblib_launcher_composes():
 def test_joblib_cells_share_the_cores_and_the_gpu(make_cfg):
     joblib = _compose("hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "run_dir=/tmp/unused").hydra.launcher
     cfg = make_cfg()
-    config.share_machine(cfg, joblib, cores=16)
+    runtime.share_machine(cfg, joblib, cores=16)
     assert (cfg.threads, cfg.gpu_fraction) == (4, 0.25)
     cfg = make_cfg("threads=2", "gpu_fraction=0.5")  # what the user set stays
-    config.share_machine(cfg, joblib, cores=16)
+    runtime.share_machine(cfg, joblib, cores=16)
     assert (cfg.threads, cfg.gpu_fraction) == (2, 0.5)
     cfg = make_cfg()
-    config.share_machine(cfg, {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, cores=16)
+    runtime.share_machine(cfg, {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, cores=16)
     assert (cfg.threads, cfg.gpu_fraction) == (None, None)
-    assert config.joblib_jobs({"_target_": "JoblibLauncher", "n_jobs": -1}, cores=2) == 2
+    assert runtime.joblib_jobs({"_target_": "JoblibLauncher", "n_jobs": -1}, cores=2) == 2
 
 
 def test_a_gpu_fraction_reaches_torch(make_cfg, monkeypatch):
@@ -104,11 +104,11 @@ def test_a_finished_cell_is_skipped(make_cfg, tmp_path):
     first = run(make_cfg("q=fixed"))
     stamp = (tmp_path / "run" / RESULTS_FILE).stat().st_mtime_ns
     again = run(make_cfg("q=fixed", "trainer.enable_progress_bar=true"))  # watching differently: same cell
-    assert again == json.loads((tmp_path / "run" / RESULTS_FILE).read_text())
-    assert again["wall_s"] == pytest.approx(first["wall_s"], abs=1e-5)
+    assert again == Record.from_dict(json.loads((tmp_path / "run" / RESULTS_FILE).read_text()))
+    assert again.wall_s == pytest.approx(first.wall_s, abs=1e-5)
     assert (tmp_path / "run" / RESULTS_FILE).stat().st_mtime_ns == stamp
     changed = run(make_cfg("q=fixed", "seed=1"))  # another config in the same directory runs again
-    assert changed["seed"] == 1
+    assert changed.seed == 1
 
 
 SWEEP = ["-m", "data=digits", "trainer.max_epochs=1", "q=none,fixed", "level=0.2,0.4,0.6",
@@ -156,7 +156,8 @@ def _fake_record(q, level, size, seed, err, **extra):
     k = 3
     q_true = np.full((k, k), level / (k - 1)) + np.eye(k) * (1 - level - level / (k - 1))
     return {"dataset": "mnist5k", "num_classes": k, "train_size": size, "noise": "flip", "matrix": "random",
-            "level": level, "q": q, "seed": seed, "epochs": 20, "early_stopping": False, "test_error": err,
+            "level": level, "q": q, "q_label": {"none": "no noise layer", "learned": "learned Q"}.get(q, q),
+            "q_estimated": q == "learned", "seed": seed, "epochs": 20, "early_stopping": False, "test_error": err,
             "actual_noise": level, "Q_true": q_true.tolist(), "Q": None if q == "none" else q_true.tolist(),
             "q_error": None if q == "none" else 0.1, "confusion": np.eye(k).tolist(), "train_images_per_s": 1.0,
             "wall_s": 1.0, "config": {"seed": seed, "level": level, "data": {"name": "mnist5k", "train_size": size}},
@@ -218,5 +219,5 @@ def test_a_cell_made_before_an_option_existed_is_still_finished(make_cfg, tmp_pa
     record = json.loads(path.read_text())
     del record["config"]["data"]["channels_last"]  # as written by a version without data.channels_last
     path.write_text(json.dumps(record))
-    assert run(make_cfg("q=none"))["wall_s"] == pytest.approx(first["wall_s"], abs=1e-5)  # skipped
-    assert run(make_cfg("q=none", "data.channels_last=true"))["wall_s"] != first["wall_s"]  # not the default: runs
+    assert run(make_cfg("q=none")).wall_s == pytest.approx(first.wall_s, abs=1e-5)  # skipped
+    assert run(make_cfg("q=none", "data.channels_last=true")).wall_s != first.wall_s  # not the default: runs

@@ -12,7 +12,7 @@ from .conftest import run_cli
 
 FIELDS = {
     "dataset", "num_classes", "train_size", "noise", "matrix", "level", "q", "seed", "epochs", "test_error",
-    "actual_noise", "Q_true", "Q", "q_error", "confusion", "train_images_per_s", "wall_s",
+    "actual_noise", "Q_true", "Q", "q_error", "confusion", "train_images_per_s", "wall_s", "trainings", "q_label",
 }  # fmt: skip
 
 
@@ -43,24 +43,24 @@ def test_cli_run_writes_results_with_every_field(tmp_path):
 def test_same_config_and_seed_give_the_same_numbers(make_cfg, tmp_path):
     a = run(make_cfg("q=learned", "trainer.max_epochs=2", run_dir=tmp_path / "a"))
     b = run(make_cfg("q=learned", "trainer.max_epochs=2", run_dir=tmp_path / "b"))
-    assert a["test_error"] == b["test_error"]
-    np.testing.assert_array_equal(a["Q"], b["Q"])
+    assert a.test_error == b.test_error
+    np.testing.assert_array_equal(a.Q, b.Q)
     c = run(make_cfg("q=learned", "trainer.max_epochs=2", "seed=1", run_dir=tmp_path / "c"))
-    assert not np.array_equal(a["Q_true"], c["Q_true"])
+    assert not np.array_equal(a.Q_true, c.Q_true)
 
 
 def test_noisy_labels_do_not_depend_on_the_q_mode(make_cfg, tmp_path):
     a = run(make_cfg("q=none", run_dir=tmp_path / "a"))
     b = run(make_cfg("q=fixed", run_dir=tmp_path / "b"))
-    assert a["actual_noise"] == b["actual_noise"] and np.array_equal(a["Q_true"], b["Q_true"])
-    assert a["Q"] is None and a["q_error"] is None and b["q_error"] == pytest.approx(0.0, abs=1e-6)
+    assert a.actual_noise == b.actual_noise and np.array_equal(a.Q_true, b.Q_true)
+    assert a.Q is None and a.q_error is None and b.q_error == pytest.approx(0.0, abs=1e-6)
 
 
 def test_early_stopping_keeps_the_best_model_and_may_stop_early(make_cfg, tmp_path):
     r = run(make_cfg("q=none", "early_stopping=true", "patience=1", "trainer.max_epochs=30", "level=0.6"))
-    assert r["early_stopping"] is True
-    assert r["epochs"] < 30
-    assert r["val_nll"] is not None
+    assert r.early_stopping is True
+    assert r.epochs < 30
+    assert r.val_nll is not None
 
 
 def test_fixed_q_beats_no_noise_layer_and_learned_q_moves_toward_q_true(make_cfg, tmp_path):
@@ -70,10 +70,10 @@ def test_fixed_q_beats_no_noise_layer_and_learned_q_moves_toward_q_true(make_cfg
     none = run(make_cfg("q=none", *common, run_dir=tmp_path / "none"))
     fixed = run(make_cfg("q=fixed", *common, run_dir=tmp_path / "fixed"))
     learned = run(make_cfg("q=learned", *common, run_dir=tmp_path / "learned"))
-    assert fixed["test_error"] < none["test_error"] - 0.05
-    start = noise.q_error(np.eye(10) * 0.5 + 0.5 / 9 * (1 - np.eye(10)), np.array(learned["Q_true"]))
-    assert learned["q_error"] < start - 0.15
-    assert learned["test_error"] <= fixed["test_error"] + 0.03
+    assert fixed.test_error < none.test_error - 0.05
+    start = noise.q_error(np.eye(10) * 0.5 + 0.5 / 9 * (1 - np.eye(10)), np.array(learned.Q_true))
+    assert learned.q_error < start - 0.15
+    assert learned.test_error <= fixed.test_error + 0.03
 
 
 def test_balance_term_keeps_every_class_alive_at_high_noise(make_cfg, tmp_path):
@@ -83,9 +83,9 @@ def test_balance_term_keeps_every_class_alive_at_high_noise(make_cfg, tmp_path):
     common = ["q=learned", "noise.matrix=random", "level=0.7", "trainer.max_epochs=20"]
     on = run(make_cfg(*common, run_dir=tmp_path / "on"))
     off = run(make_cfg(*common, "q.balance_weight=0", run_dir=tmp_path / "off"))
-    mass = {name: np.array(r["confusion"]).mean(axis=1) for name, r in (("on", on), ("off", off))}  # per output
+    mass = {name: np.array(r.confusion).mean(axis=1) for name, r in (("on", on), ("off", off))}  # per output
     assert mass["on"].min() >= 0.05 and mass["off"].min() < 0.01
-    assert on["test_error"] <= off["test_error"] - 0.1
+    assert on.test_error <= off.test_error - 0.1
 
 
 @pytest.mark.slow
@@ -94,11 +94,11 @@ def test_reference_numbers_mnist5k_random_level_half(make_cfg, tmp_path):
     common = ["data=mnist5k", "noise=flip", "noise.matrix=random", "level=0.5", "data.train_size=4000", "seed=0"]
     common += ["logger=none", "trainer.enable_progress_bar=false"]
     r = {q: run(make_cfg(f"q={q}", *common, fast=False, run_dir=tmp_path / q)) for q in ("none", "fixed", "learned")}
-    err = {q: x["test_error"] for q, x in r.items()}
+    err = {q: x.test_error for q, x in r.items()}
     assert err["fixed"] <= 0.10
     assert err["fixed"] <= err["none"] - 0.15
     assert abs(err["learned"] - err["fixed"]) <= 0.03
-    assert r["learned"]["q_error"] <= 0.3
+    assert r["learned"].q_error <= 0.3
 
 
 @pytest.mark.parametrize("logger, pattern", [("csv", "csv/metrics.csv"), ("tensorboard", "tensorboard/events.*"),
@@ -113,7 +113,7 @@ def test_each_logger_writes_under_the_run_dir(make_cfg, tmp_path, monkeypatch, l
 
 def test_listed_candidates_are_chosen_by_the_noisy_validation_nll(make_cfg):
     r = run(make_cfg("q=learned", "trainer.max_epochs=2", "q.reg_weight=[0.5,0.1]", "q.init_flip=[0.01,0.5]"))
-    sel = r["selection"]
+    sel = r.fields["selection"]
     assert len(sel) == 4 and {(c["reg_weight"], c["init_flip"]) for c in sel} == {
         (0.5, 0.01),
         (0.5, 0.5),
@@ -121,6 +121,42 @@ def test_listed_candidates_are_chosen_by_the_noisy_validation_nll(make_cfg):
         (0.1, 0.5),
     }
     best = min(sel, key=lambda c: c["val_nll"])
-    assert r["q_choice"] == {"reg_weight": best["reg_weight"], "init_flip": best["init_flip"]}
-    assert r["reg_weight"] == best["reg_weight"] and r["val_nll"] == pytest.approx(best["val_nll"], abs=1e-5)
-    assert r["test_error"] == pytest.approx(best["test_error"], abs=1e-5)
+    assert r.fields["q_choice"] == {"reg_weight": best["reg_weight"], "init_flip": best["init_flip"]}
+    assert r.fields["reg_weight"] == best["reg_weight"] and r.val_nll == pytest.approx(best["val_nll"], abs=1e-5)
+    assert r.test_error == pytest.approx(best["test_error"], abs=1e-5)
+    assert r.trainings == 4
+
+
+@pytest.mark.parametrize("noise_model", ["none", "flip", "labels", "outlier"])
+def test_every_estimator_runs_with_every_noise_model_at_its_defaults(make_cfg, tmp_path, noise_model):
+    """One epoch of q=none|fixed|learned on each noise model with its defaults (the outlier model sizes its
+    inliers to what the 8x8 digits give: at ratio 1, as many as the outlier classes hold, less 50 labelled)."""
+    from noisy_convnet import datasets
+
+    extra, y = [], datasets.load("digits").pool.y.numpy()
+    if noise_model == "labels":  # a label file in the pool's order: every 4th label moved to the next class
+        np.save(tmp_path / "labels.npy", np.where(np.arange(len(y)) % 4 == 0, (y + 1) % 10, y))
+        extra = [f"noise.file={tmp_path / 'labels.npy'}"]
+    for q in ("none", "fixed", "learned"):
+        r = run(make_cfg(f"noise={noise_model}", f"q={q}", *extra, run_dir=tmp_path / q))
+        assert (r.q, r.noise, r.trainings, r.epochs) == (q, noise_model, 1, 1)
+        k = r.num_classes + (noise_model == "outlier")  # the outlier model's K+1-th class
+        assert np.array(r.Q_true).shape == (k, k)
+        assert (r.Q is None) == (q == "none") and (r.q_error is not None and r.q_error < 1e-6) == (q == "fixed")
+        assert r.actual_noise == pytest.approx(
+            {"none": 0.0, "flip": 0.5, "labels": 0.25}.get(noise_model, 0.5), abs=0.05
+        )
+        if noise_model == "outlier":
+            n_in = min((y < 5).sum(), (y >= 5).sum() - 50)
+            assert r.train_size == r.fields["n_in"] == r.fields["n_out"] == n_in
+            assert r.inlier_ap is not None
+
+
+def test_run_works_on_a_config_composed_in_python_without_hydra(tmp_path, monkeypatch):
+    """The README's Python entry: compose, run; the default run directory is unique per run."""
+    from noisy_convnet.config import compose
+
+    monkeypatch.chdir(tmp_path)
+    r = run(compose(["data=digits", "trainer.max_epochs=1", "logger=none", "trainer.enable_progress_bar=false"]))
+    runs = list((tmp_path / "outputs" / "runs").glob("*/*/results.json"))
+    assert len(runs) == 1 and json.loads(runs[0].read_text())["test_error"] == pytest.approx(r.test_error, abs=1e-6)

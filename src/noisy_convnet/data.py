@@ -78,9 +78,12 @@ class TensorDataModule(pl.LightningDataModule):
         shift: int = 2,
         seed: int = 0,
         channels_last: bool = False,
+        predict: Split | None = None,
     ):
         super().__init__()
         self.splits = {"train": train, "val": val, "test": test}
+        if predict is not None:  # images to predict on (an estimator's p(noisy | x)), in their order
+            self.splits["predict"] = predict
         self.batch_size, self.shift, self.seed, self.channels_last = batch_size, shift, seed, channels_last
         # Per-channel statistics of the training images, in [0, 1] units.
         x = train.x.float() / 255.0
@@ -110,6 +113,9 @@ class TensorDataModule(pl.LightningDataModule):
     def test_dataloader(self):
         return self._loaders["test"]
 
+    def predict_dataloader(self):
+        return self._loaders["predict"]
+
 
 class _Relabelled(torch.utils.data.Dataset):
     """The images of a folder-backed Split with the Split's (noisy) labels."""
@@ -132,9 +138,11 @@ class FolderDataModule(pl.LightningDataModule):
     MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
     def __init__(self, train: Split, val: Split, test: Split, batch_size: int = 128, num_workers: int = 4,
-                 seed: int = 0, channels_last: bool = False):  # fmt: skip
+                 seed: int = 0, channels_last: bool = False, predict: Split | None = None):  # fmt: skip
         super().__init__()
         self.splits = {"train": train, "val": val, "test": test}
+        if predict is not None:
+            self.splits["predict"] = predict
         self.batch_size, self.num_workers, self.seed, self.channels_last = batch_size, num_workers, seed, channels_last
         self._norm: tuple[torch.Tensor, torch.Tensor] | None = None  # (mean, std) on the training device
 
@@ -153,6 +161,9 @@ class FolderDataModule(pl.LightningDataModule):
 
     def test_dataloader(self):
         return self._loader("test", False)
+
+    def predict_dataloader(self):
+        return self._loader("predict", False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y = batch

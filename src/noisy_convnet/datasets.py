@@ -178,9 +178,16 @@ EMBEDDED = {"mnist5k": _mnist5k, "digits": _digits}
 NAMES = (*EMBEDDED, *TORCHVISION, "imagefolder")
 
 
-def load(name: str, root: str = "data", download: bool = False, verify: bool = True, image_size: int = 224) -> Dataset:
+def load(
+    name: str, root: str | None = None, download: bool = False, verify: bool = True, image_size: int = 224
+) -> Dataset:
+    """The data set ``name``; ``root`` is where a torchvision set's files are (default ./data) or the image
+    folder (required)."""
     if name in EMBEDDED:
         return EMBEDDED[name]()
+    if root is None and name == "imagefolder":
+        raise UserError("data.root: required, give it on the command line (data.root=...)")
+    root = "data" if root is None else root
     if name in TORCHVISION:
         return _torchvision(name, root, download, verify)
     if name == "imagefolder":

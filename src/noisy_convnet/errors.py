@@ -8,3 +8,8 @@ so the math files can raise it without importing OmegaConf or Hydra.
 
 class UserError(ValueError):
     """A bad value in the user's input; its message is ``"<key>: <what is wrong>; <what is allowed>"``."""
+
+
+class Diverged(RuntimeError):
+    """A training whose loss or Q turned NaN or infinite: the run fails (exit 1, no results.json) instead of
+    recording numbers that mean nothing."""

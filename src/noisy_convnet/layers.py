@@ -1,11 +1,11 @@
 """The noise layer of the paper (Fig. 1a, Eq. 2-3): a constrained linear layer Q between the softmax of
 the base network and the cost, so the combined model predicts p(noisy = j | x) = sum_i q_ji p(true = i | x).
 
-Plain PyTorch, no Lightning. Three modes:
-  none    -- no layer: ordinary cross entropy on the (noisy) labels.
-  fixed   -- Q = Q*, the true noise matrix, frozen.
-  learned -- Q trained with the network, kept column-stochastic, with a regulariser that pushes Q to
-             diffuse so the noise moves out of the base model and into Q (Sec. "Learning the noise
+Plain PyTorch, no Lightning. Three layers, one class each:
+  NoiseLayer        -- no Q: ordinary cross entropy on the (noisy) labels (the base of the other two).
+  FixedNoiseLayer   -- Q given (Q*, or an estimate), frozen: forward correction.
+  LearnedNoiseLayer -- Q trained with the network, kept column-stochastic, with a regulariser that pushes
+             Q to diffuse so the noise moves out of the base model and into Q (Sec. "Learning the noise
              distribution"): the paper's trace, reg_weight * trace(Q) / K, or the ridge,
              reg_weight * sum(Q**2) / K (the paper names both; ridge is the default, see REGULARISERS).
 Two ways to keep a learned Q a probability matrix: ``param="softmax"`` (free logits, Q = column-wise
@@ -25,7 +25,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-MODES = ("none", "fixed", "learned")
 PARAMS = ("softmax", "projected")
 # The regulariser that makes Q diffuse (paper: "a trace norm or a ridge regression"). trace: tr(Q)/K,
 # lowest when the diagonal is empty -- it also rewards relabelling the base model's classes so that Q's
@@ -74,15 +73,66 @@ def balance(logits: torch.Tensor) -> torch.Tensor:
 
 
 class NoiseLayer(nn.Module):
-    """Q between the base model's softmax and the cost. ``lr`` is the learning rate of Q's own
-    optimizer parameter group (None: the network's); ``warmup_epochs`` keeps Q frozen at its start value
-    for that many epochs (the training sequence of Fig. 1b)."""
+    """No noise layer: the base model's softmax meets the noisy labels directly (cross entropy). The
+    interface every noise layer shares with the training loop: ``q()``, ``nll``, ``regulariser``,
+    ``project_``, Q's own learning rate ``lr`` (None: the network's) and ``warmup_epochs`` (Q frozen at
+    its start for that many epochs, the training sequence of Fig. 1b)."""
+
+    lr: float | None = None
+    warmup_epochs: int = 0
+    scheduled = True  # Q's learning rate follows the network's schedule (False: constant)
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self.frozen = False  # set by the training loop during warm-up
+
+    def q(self) -> torch.Tensor | None:
+        """The current Q (K x K, column-stochastic), or None without a noise layer."""
+        return None
+
+    def log_q(self) -> torch.Tensor:
+        return torch.log(self.q() + EPS)
+
+    def nll(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood of the noisy labels y under the combined model (Eq. 3)."""
+        log_p = F.log_softmax(logits.float(), dim=1)
+        if self.q() is None:
+            return F.nll_loss(log_p, y)
+        return -noisy_log_prob(log_p, self.log_q(), y).mean()
+
+    def regulariser(self, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """The extra loss term of a learned Q (0 for the others)."""
+        return torch.zeros((), device=self._device())
+
+    def project_(self) -> None:
+        """After an optimizer step: put a directly parametrised Q back on the simplex (a no-op here)."""
+
+    def _device(self) -> torch.device:
+        for t in list(self.parameters()) + list(self.buffers()):
+            return t.device
+        return torch.device("cpu")
+
+
+class FixedNoiseLayer(NoiseLayer):
+    """Q fixed to a given matrix (Q*, or an estimate of it): frozen, never trained."""
+
+    def __init__(self, q: np.ndarray | torch.Tensor):
+        q = torch.as_tensor(np.asarray(q), dtype=torch.float32)
+        super().__init__(q.shape[0])
+        self.register_buffer("q_fixed", q.clone())
+
+    def q(self) -> torch.Tensor:
+        return self.q_fixed
+
+
+class LearnedNoiseLayer(NoiseLayer):
+    """Q trained with the network (paper Sec. 3). ``param="softmax"``: free logits, Q = column softmax;
+    ``param="projected"``: Q itself, projected back onto the simplex after every step."""
 
     def __init__(
         self,
-        mode: str,
-        q_true: np.ndarray | torch.Tensor | None = None,
-        num_classes: int | None = None,
+        num_classes: int,
         param: str = "softmax",
         init_flip: float = 0.5,
         lr: float | None = None,
@@ -91,62 +141,36 @@ class NoiseLayer(nn.Module):
         regulariser: str = "ridge",
         balance_weight: float = 0.0,
     ):
-        super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"mode {mode!r} not in {MODES}")
+        super().__init__(num_classes)
         if param not in PARAMS:
             raise ValueError(f"param {param!r} not in {PARAMS}")
         if regulariser not in REGULARISERS:
             raise ValueError(f"regulariser {regulariser!r} not in {REGULARISERS}")
         self.regulariser_kind, self.balance_weight = regulariser, float(balance_weight)
-        self.mode, self.param, self.lr = mode, param, lr
+        self.param, self.lr = param, lr
         self.reg_weight, self.warmup_epochs = float(reg_weight), int(warmup_epochs)
-        self.frozen = False  # set by the training loop during warm-up
-        if q_true is not None:
-            q_true = torch.as_tensor(np.asarray(q_true), dtype=torch.float32)
-            num_classes = q_true.shape[0]
-        self.num_classes = num_classes
-        if mode == "fixed":
-            if q_true is None:
-                raise ValueError("mode 'fixed' needs q_true")
-            self.register_buffer("q_fixed", q_true.clone())
-        elif mode == "learned":
-            k = num_classes
-            # 1 - init_flip on the diagonal, the rest spread evenly (default 0.5: diffuse, so the base model
-            # does not absorb the noise first). Never exactly I: log q = -inf (softmax) or the simplex's
-            # corner (projected), where nothing moves.
-            q0 = (1.0 - init_flip) * torch.eye(k) + init_flip / max(k - 1, 1) * (1.0 - torch.eye(k))
-            self.weight = nn.Parameter(torch.log(q0) if param == "softmax" else q0)
+        k = self.num_classes
+        # 1 - init_flip on the diagonal, the rest spread evenly (default 0.5: diffuse, so the base model
+        # does not absorb the noise first). Never exactly I: log q = -inf (softmax) or the simplex's
+        # corner (projected), where nothing moves.
+        q0 = (1.0 - init_flip) * torch.eye(k) + init_flip / max(k - 1, 1) * (1.0 - torch.eye(k))
+        self.weight = nn.Parameter(torch.log(q0) if param == "softmax" else q0)
 
-    def q(self) -> torch.Tensor | None:
-        """The current Q (K x K, column-stochastic), or None in mode ``none``."""
-        if self.mode == "none":
-            return None
-        if self.mode == "fixed":
-            return self.q_fixed
+    def q(self) -> torch.Tensor:
         q = F.softmax(self.weight, dim=0) if self.param == "softmax" else self.weight
         return q.detach() if self.frozen else q
 
     def log_q(self) -> torch.Tensor:
-        if self.mode == "learned" and self.param == "softmax":
+        if self.param == "softmax":
             w = self.weight.detach() if self.frozen else self.weight
             return F.log_softmax(w, dim=0)
         return torch.log(self.q() + EPS)
 
-    def nll(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean negative log-likelihood of the noisy labels y under the combined model (Eq. 3)."""
-        log_p = F.log_softmax(logits.float(), dim=1)
-        if self.mode == "none":
-            return F.nll_loss(log_p, y)
-        return -noisy_log_prob(log_p, self.log_q(), y).mean()
-
     def regulariser(self, logits: torch.Tensor | None = None) -> torch.Tensor:
-        """For a learned Q (0 otherwise): reg_weight * trace(Q) / K (``trace``) or reg_weight * sum(Q**2) / K
-        (``ridge``) -- lower = more diffuse Q; both are 1 for Q = I and 1/K for a uniform Q -- plus, given
-        the base model's logits for a batch, ``balance_weight * balance(logits)``."""
+        """reg_weight * trace(Q) / K (``trace``) or reg_weight * sum(Q**2) / K (``ridge``) -- lower = more
+        diffuse Q; both are 1 for Q = I and 1/K for a uniform Q -- plus, given the base model's logits for
+        a batch, ``balance_weight * balance(logits)``."""
         out = torch.zeros((), device=self._device())
-        if self.mode != "learned":
-            return out
         if self.reg_weight and not self.frozen:  # a frozen Q (warm-up) is not regularised
             q = self.q()
             out = out + self.reg_weight * (
@@ -158,11 +182,26 @@ class NoiseLayer(nn.Module):
 
     @torch.no_grad()
     def project_(self) -> None:
-        """After an optimizer step: put a directly parametrised Q back on the simplex."""
-        if self.mode == "learned" and self.param == "projected":
+        if self.param == "projected":
             self.weight.copy_(project_simplex(self.weight, PROJECT_FLOOR))
 
-    def _device(self) -> torch.device:
-        for t in list(self.parameters()) + list(self.buffers()):
-            return t.device
-        return torch.device("cpu")
+
+class VolMinNoiseLayer(NoiseLayer):
+    """VolMinNet's Q (Li et al. 2021), in this project's layout (columns sum to 1): Q = column-normalised
+    I + sigmoid(W) * (1 - I), W initialised at ``init`` (their -2: off-diagonal entries 0.12 before the
+    normalisation), so Q starts diagonally dominant and stays so; the regulariser is their minimum-volume
+    term ``vol_weight * log|det Q|`` (their lambda 1e-4), which shrinks Q's simplex while the NLL keeps it
+    consistent with the data. Q has its own learning rate ``lr`` at a constant rate (``scheduled``)."""
+
+    def __init__(self, num_classes: int, init: float, vol_weight: float, lr: float, scheduled: bool = False):
+        super().__init__(num_classes)
+        self.vol_weight, self.lr, self.scheduled = float(vol_weight), float(lr), bool(scheduled)
+        self.weight = nn.Parameter(torch.full((num_classes, num_classes), float(init)))
+
+    def q(self) -> torch.Tensor:
+        eye = torch.eye(self.num_classes, device=self.weight.device)
+        a = eye + torch.sigmoid(self.weight) * (1.0 - eye)
+        return a / a.sum(0, keepdim=True)
+
+    def regulariser(self, logits: torch.Tensor | None = None) -> torch.Tensor:
+        return self.vol_weight * torch.linalg.slogdet(self.q())[1]

@@ -1,5 +1,6 @@
 """The base networks, each built from the data's input shape (C, H, W) and class count. They output
-logits; the softmax and the noise layer come after them (layers.py).
+logits; the softmax and the noise layer come after them (layers.py). Their hyperparameters' one home is
+their file in conf/model/ (no defaults here).
 
 convnet_small -- two 3x3 conv blocks (conv, batch norm, ReLU, 2x2 max-pool) and a hidden linear layer
                  with dropout: the CPU network for 28x28 and 8x8 digits (~0.4M weights at 28x28).
@@ -30,9 +31,9 @@ class SmallConvNet(nn.Module):
         self,
         in_shape: Sequence[int],
         num_classes: int,
-        channels: Sequence[int] = (32, 64),
-        hidden: int = 128,
-        dropout: float = 0.25,
+        channels: Sequence[int],
+        hidden: int,
+        dropout: float,
     ):
         super().__init__()
         layers, c_in = [], in_shape[0]
@@ -74,7 +75,7 @@ class ConvNetCifar(nn.Module):
         return self.head(self.features(x))
 
 
-def resnet18(in_shape: Sequence[int], num_classes: int, small_stem: bool = True) -> nn.Module:
+def resnet18(in_shape: Sequence[int], num_classes: int, small_stem: bool) -> nn.Module:
     from torchvision.models import resnet18 as tv_resnet18
 
     net = tv_resnet18(weights=None, num_classes=num_classes)
@@ -86,7 +87,7 @@ def resnet18(in_shape: Sequence[int], num_classes: int, small_stem: bool = True)
     return net
 
 
-def alexnet(in_shape: Sequence[int], num_classes: int, dropout: float = 0.5) -> nn.Module:
+def alexnet(in_shape: Sequence[int], num_classes: int, dropout: float) -> nn.Module:
     from torchvision.models import alexnet as tv_alexnet
 
     net = tv_alexnet(weights=None, num_classes=num_classes, dropout=dropout)

@@ -22,10 +22,13 @@ from . import plots
 from .layers import NoiseLayer
 
 
-def one_cycle(optimizer: torch.optim.Optimizer, total_steps: int, pct_start: float = 0.25, div: float = 25.0):
+def one_cycle(
+    optimizer: torch.optim.Optimizer, total_steps: int, pct_start: float = 0.25, div: float = 25.0, constant=()
+):
     """Per-step schedule that scales every parameter group's own lr: linear warm-up from lr/div over
     the first pct_start of the steps, then cosine decay to ~0 (the shape of torch's OneCycleLR, but
-    keeping the ratio between groups, e.g. Q's larger lr)."""
+    keeping the ratio between groups, e.g. Q's larger lr). The groups listed in ``constant`` keep their lr
+    (a noise layer trained with its authors' own constant rate, e.g. VolMinNet's T)."""
     warm = max(1, int(pct_start * total_steps))
 
     def factor(step: int) -> float:
@@ -34,7 +37,8 @@ def one_cycle(optimizer: torch.optim.Optimizer, total_steps: int, pct_start: flo
         t = min(1.0, (step - warm) / max(1, total_steps - warm))
         return 0.5 * (1.0 + math.cos(math.pi * t)) + 1e-3
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    factors = [(lambda step: 1.0) if i in constant else factor for i in range(len(optimizer.param_groups))]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
 
 class NoisyLabelModule(pl.LightningModule):
@@ -146,6 +150,13 @@ class NoisyLabelModule(pl.LightningModule):
                                              "recall": recall.cpu().numpy()[keep]}  # fmt: skip
         self._scores, self._is_inlier = [], []
 
+    # -- predict: p(noisy | x) of the combined model --------------------------------------------------
+    def predict_step(self, batch, batch_idx):
+        x, _ = batch
+        p = torch.softmax(self.net(x).float(), dim=1)
+        q = self.noise.q()
+        return p if q is None else p @ q.detach().T.to(p)
+
     # -- optimisation ---------------------------------------------------------------------------------
     def configure_optimizers(self):
         groups = [{"params": [p for p in self.net.parameters() if p.requires_grad]}]
@@ -156,5 +167,6 @@ class NoisyLabelModule(pl.LightningModule):
         opt = self.optimizer_fn(groups)
         if self.scheduler_fn is None:
             return opt
-        sched = self.scheduler_fn(opt, total_steps=int(self.trainer.estimated_stepping_batches))
+        constant = {"constant": (1,)} if q_params and not self.noise.scheduled else {}  # Q is group 1
+        sched = self.scheduler_fn(opt, total_steps=int(self.trainer.estimated_stepping_batches), **constant)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -93,7 +93,7 @@ def halved_image_files(path: str, rng: np.random.Generator) -> tuple[list[Path],
     """The image files below ``path`` in a seeded order, cut in two: (training half, test half)."""
     files = sorted(p for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if len(files) < 2:
-        raise UserError(f"data.outlier_source: no images (or just one) below '{path}'; expected {IMAGE_SUFFIXES}")
+        raise UserError(f"noise.outlier_source: no images (or just one) below '{path}'; expected {IMAGE_SUFFIXES}")
     order = rng.permutation(len(files))
     half = len(files) // 2
     return [files[i] for i in order[half:]], [files[i] for i in order[:half]]
@@ -122,7 +122,7 @@ def compose(
     ds: Dataset,
     source: str,
     inlier_classes: int,
-    n_in: int,
+    n_in: int | None,
     ratio: float,
     labelled: int,
     rng: np.random.Generator,
@@ -130,26 +130,32 @@ def compose(
 ) -> OutlierData:
     """Training set of n_in inliers, round(ratio * n_in) outliers with uniform labels over the K inlier
     classes, and ``labelled`` outliers labelled K; test set of the test inliers and the test outliers.
-    ``external``: the (training, test) outlier images of a source other than the built-in ones."""
+    ``external``: the (training, test) outlier images of a source other than the built-in ones. n_in None:
+    as many inliers as the data set gives at this ratio (all of them, or fewer where the outliers run out)."""
     if ds.pool.source is not None and source != "classes" and external is None:
         raise UserError(
-            f"data.outlier_source: with {ds.name} (images read from files) the outliers must be 'classes' or a "
+            f"noise.outlier_source: with {ds.name} (images read from files) the outliers must be 'classes' or a "
             f"folder of images, not '{source}'"
         )
     if source not in SOURCES and external is None:
         raise UserError(
-            f"data.outlier_source: unknown source '{source}'; allowed: {', '.join(SOURCES)}, a torchvision data "
+            f"noise.outlier_source: unknown source '{source}'; allowed: {', '.join(SOURCES)}, a torchvision data "
             "set's name or a folder of images"
         )
     if ratio < 0:
-        raise UserError(f"data.outlier_ratio: {ratio} must be >= 0 (N_out / N_in)")
+        raise UserError(f"noise.outlier_ratio: {ratio} must be >= 0 (N_out / N_in)")
     if labelled < 0:
-        raise UserError(f"data.labelled_outliers: {labelled} must be >= 0")
+        raise UserError(f"noise.labelled_outliers: {labelled} must be >= 0")
     k = inlier_classes
     hi = ds.num_classes - 1 if source == "classes" else ds.num_classes  # "classes" keeps one class for outliers
     if not 2 <= k <= hi:
-        raise UserError(f"data.inlier_classes: {k} is outside [2, {hi}] for {ds.name} with source {source}")
+        raise UserError(f"noise.inlier_classes: {k} is outside [2, {hi}] for {ds.name} with source {source}")
     pool_in = np.flatnonzero(ds.pool.y.numpy() < k)
+    if n_in is None:
+        n_in = len(pool_in)
+        if source != "photos":  # a finite set of outlier images: n_out + labelled of them are needed
+            n_avail = int((ds.pool.y.numpy() >= k).sum()) if source == "classes" else len(external[0])
+            n_in = min(n_in, int((n_avail - labelled) / ratio) if ratio > 0 else n_in)
     if not k <= n_in <= len(pool_in):
         raise UserError(f"data.train_size: {n_in} inliers is outside [{k}, {len(pool_in)}] for {k} inlier classes")
     n_out = int(round(ratio * n_in))
@@ -171,8 +177,8 @@ def compose(
             order_out = rng.permutation(len(available))
         if n_draw > len(order_out):
             raise UserError(
-                f"data.labelled_outliers: {n_out} outliers + {labelled} labelled ones exceed the {len(order_out)} "
-                f"{what}; lower data.outlier_ratio or this"
+                f"noise.labelled_outliers: {n_out} outliers + {labelled} labelled ones exceed the {len(order_out)} "
+                f"{what}; lower noise.outlier_ratio or this"
             )
         out = available.take(order_out[:n_draw])
 

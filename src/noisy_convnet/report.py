@@ -28,8 +28,9 @@ MATRICES = ("Q_true", "Q", "confusion", "pr_curve")
 
 
 def method(row: pd.Series) -> str:
-    """The curve a run belongs to: its Q mode, and whether the plain net was early-stopped."""
-    name = {"none": "no noise layer", "fixed": "fixed Q*", "learned": "learned Q"}.get(row["q"], row["q"])
+    """The curve a run belongs to: its Q estimator's label, and whether the net was early-stopped."""
+    label = row.get("q_label")
+    name = label if isinstance(label, str) and label else row["q"]
     return name + (" + early stopping" if row.get("early_stopping") else "")
 
 
@@ -109,12 +110,12 @@ def _curves(df: pd.DataFrame, x: str, facet: str, xlabel: str, title: str, logx:
 def _fig2c(df: pd.DataFrame):
     import matplotlib.pyplot as plt
 
-    learned = df[df["q"] == "learned"].sort_values(["level", "seed"]).drop_duplicates("level")
+    learned = _estimated(df).sort_values(["level", "seed"]).drop_duplicates("level")
     learned = learned[learned["level"] > 0].tail(4)
     fig, axes = plt.subplots(2, len(learned), figsize=(2.8 * len(learned), 5.6), squeeze=False)
     for col, (_, row) in enumerate(learned.iterrows()):
         rec = row["_record"]
-        for r, (name, m) in enumerate((("Q*", rec["Q_true"]), ("learned Q", rec["Q"]))):
+        for r, (name, m) in enumerate((("Q*", rec["Q_true"]), (row["method"], rec["Q"]))):
             axes[r][col].imshow(np.asarray(m), vmin=0, vmax=1, cmap="viridis")
             axes[r][col].set_title(f"{name}, level {row['level']}", fontsize=9)
             axes[r][col].set_xticks([])
@@ -122,6 +123,12 @@ def _fig2c(df: pd.DataFrame):
     fig.suptitle("Fig. 2c: true noise matrix Q* (top) and Q learned from the noisy data (bottom)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def _estimated(df: pd.DataFrame) -> pd.DataFrame:
+    """The runs whose Q was estimated from the data, of the first such estimator (the learned Q)."""
+    est = df[df["q_estimated"].fillna(False).astype(bool)] if "q_estimated" in df else df.iloc[:0]
+    return est[est["q"] == est["q"].iloc[0]] if len(est) else est
 
 
 def _fig3(df: pd.DataFrame):
@@ -198,19 +205,20 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
         plots.save(fig, out / name, pdf=True)
         made.append(out / f"{name}.png")
 
-    flip = df[df["noise"] != "outlier"] if "noise" in df else df
+    with_outliers = df["outlier_ratio"].notna() if "outlier_ratio" in df else pd.Series(False, index=df.index)
+    flip = df[~with_outliers]
     if len(flip) and flip["train_size"].nunique() > 1:
         save(_curves(flip, "train_size", "level", "training size", "Fig. 2a: test error vs training size", True),
              "fig2a_error_vs_size")  # fmt: skip
     if len(flip) and flip["level"].nunique() > 1:
         save(_curves(flip, "level", "train_size", "noise level", "Fig. 2b: test error vs noise level"),
              "fig2b_error_vs_level")  # fmt: skip
-    if len(flip) and (flip["q"] == "learned").any() and flip.loc[flip["q"] == "learned", "level"].max() > 0:
+    if len(_estimated(flip)) and _estimated(flip)["level"].max() > 0:
         save(_fig2c(flip), "fig2c_q_heatmaps")
     methods = set(flip["method"]) if len(flip) else set()
     if {"no noise layer", "learned Q"} <= methods and flip["level"].nunique() > 1 and flip["train_size"].nunique() > 1:
         save(_fig3(flip), "fig3_grid")
-    outl = df[df["noise"] == "outlier"] if "noise" in df else df.iloc[:0]
+    outl = df[with_outliers]
     if len(outl) and outl["outlier_ratio"].nunique() > 1:
         save(_fig4a(outl), "fig4a_outliers")
     if len(outl) and "pr_curve" in outl["_record"].iloc[0]:

@@ -1,4 +1,4 @@
-"""The result record of one run: JSON conversion and atomic writing.
+"""The result record of one run (``Record``): JSON conversion, atomic writing and the resume check.
 
 A run writes ``results.json`` only when it succeeded, through a temporary file in the same directory and
 ``os.replace`` (atomic on POSIX), so a crash half-way leaves no file that could be taken for a result.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,53 @@ RESULTS_FILE = "results.json"
 # Config keys that say where and how a run is watched, not what it computes: a finished cell is reused
 # whatever they are (a rerun may log elsewhere, or run with another launcher).
 VOLATILE = ("run_dir", "logger", "threads", "gpu_fraction", "sweep", "trainer.enable_progress_bar")
+
+
+@dataclass
+class Record:
+    """What one run measured; ``results.json`` holds its fields, with ``fields`` (the noise model's and the
+    Q estimator's own, e.g. outlier counts or a candidate selection) flattened beside the others."""
+
+    dataset: str
+    num_classes: int  # K, the classes the test scores
+    train_size: int  # noisy training images (validation slice included); the inliers with outlier noise
+    noise: str  # the noise model
+    matrix: str | None  # the kind (or file) of Q*
+    level: float  # the noise level (the realised one for a label file)
+    q: str  # the Q estimator's name
+    q_label: str  # how figures name it
+    q_estimated: bool  # Q estimated from the data (drawn beside Q* in Fig. 2c)
+    seed: int
+    early_stopping: bool
+    actual_noise: float  # share of training labels that differ from the true ones
+    Q_true: Any  # Q* (q_ji = p(noisy = j | true = i))
+    Q: Any  # the Q used at the end, or None without a noise layer
+    q_error: float | None  # mean over columns of sum_j |Q - Q*| (noise.q_error)
+    test_error: float  # clean test error of the base net (inliers only with outlier noise)
+    confusion: Any  # Eq. 4: mean base-net softmax per true test class
+    val_nll: float | None  # noisy validation NLL of the tested model
+    epochs: int
+    trainings: int  # nets trained for this run
+    train_images_per_s: float
+    device: str
+    wall_s: float
+    config: dict
+    inlier_ap: float | None = None  # outlier noise: average precision of telling test inliers from outliers
+    pr_curve: dict | None = None  # its precision-recall curve
+    fields: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        extra = d.pop("fields")
+        return {**{k: v for k, v in d.items() if k not in ("config", "wall_s")}, **extra,
+                "wall_s": d["wall_s"], "config": d["config"]}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Record:
+        names = {f.name for f in fields(cls)} - {"fields"}
+        known = {k: v for k, v in d.items() if k in names}
+        return cls(**{"q_label": d.get("q", ""), "q_estimated": False, "trainings": 1, **known},
+                   fields={k: v for k, v in d.items() if k not in names})  # fmt: skip
 
 
 def to_jsonable(x: Any) -> Any:
@@ -50,9 +98,9 @@ def write_atomic(path: str | Path, text: str) -> None:
         raise
 
 
-def write(run_dir: str | Path, record: dict) -> Path:
+def write(run_dir: str | Path, record: Record) -> Path:
     path = Path(run_dir) / RESULTS_FILE
-    write_atomic(path, json.dumps(to_jsonable(record), indent=1) + "\n")
+    write_atomic(path, json.dumps(to_jsonable(record.to_dict()), indent=1) + "\n")
     return path
 
 
@@ -91,7 +139,7 @@ def _without_new_defaults(current: dict, stored: dict, defaults: dict) -> dict:
     return out
 
 
-def finished(run_dir: str | Path, config: dict, defaults: dict | None = None) -> dict | None:
+def finished(run_dir: str | Path, config: dict, defaults: dict | None = None) -> Record | None:
     """The stored record if run_dir holds a results.json made with the same cell config, else None
     (no file, an unreadable one, or one from another config: the cell runs and replaces it). ``defaults``
     (the schema's) lets a cell made before an option existed count as the same when that option is at
@@ -104,4 +152,4 @@ def finished(run_dir: str | Path, config: dict, defaults: dict | None = None) ->
     stored, current = cell_config(record.get("config") or {}), cell_config(config)
     if defaults is not None:
         current = _without_new_defaults(current, stored, to_jsonable(defaults))
-    return record if stored == current else None
+    return Record.from_dict(record) if stored == current else None

@@ -1,0 +1,210 @@
+"""How noise is applied: one ``NoiseModel`` per ``conf/noise/*.yaml`` (built with ``_target_``), which turns
+a loaded data set into ``NoisyData``: the training images with their noisy labels, their true labels,
+the clean test set and Q*.
+
+  none    -- clean labels, Q* = I.
+  flip    -- each label redrawn from column y of Q* (uniform, pair, random or a file), at ``level``.
+  labels  -- real noisy labels from a file, one per image of the training pool; Q* is their realised matrix.
+  outlier -- Eq. 8: inliers, outliers with uniform labels and labelled outliers (K+1 classes); flip noise on
+             the inliers at ``inlier_level`` (0 = none).
+Each model checks its own arguments when it is built (``config.validate`` builds it before any data is
+loaded) and says whether it uses the top-level ``level``: one that does not refuses a non-default level,
+so a sweep over it cannot train the same model several times.
+
+One seed feeds independent streams (``rng(seed, stream)``): 1 draws Q*, 2 the noisy labels, 3 the outlier
+composition, 4 the halving of an outlier folder; the noisy labels do not change when the model does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import to_absolute_path
+
+from . import datasets, noise, outliers
+from .datasets import Dataset, Split
+from .errors import UserError
+
+
+def rng(seed: int, stream: int) -> np.random.Generator:
+    """Independent generators from one seed: the noisy labels do not change when the model does."""
+    return np.random.default_rng([seed, stream])
+
+
+@dataclass
+class NoisyData:
+    train: Split  # the training images (validation slice included) with their noisy labels
+    y_true: np.ndarray  # their true labels (K for an outlier)
+    test: Split  # clean test set (label K marks a test outlier)
+    num_classes: int  # K: the classes the test scores
+    q_true: np.ndarray  # Q*: K x K, or (K+1) x (K+1) with outliers (Eq. 8)
+    noise: str  # the record's fields: the noise model's name,
+    matrix: str | None  # the kind or file of Q*,
+    level: float  # the noise level it was made with (the realised one for a label file),
+    train_size: int  # and the training images drawn (the inliers, with outliers)
+    singular: tuple[str, str]  # (key, what to change) when Q* is singular: for an estimator that inverts it
+    extra: dict = field(default_factory=dict)  # the model's own record fields
+
+    @property
+    def actual_noise(self) -> float:
+        """The share of training labels that differ from the true ones."""
+        return float((self.train.y.numpy() != self.y_true).mean())
+
+    def for_outputs(self, n: int) -> NoisyData:
+        """Without the images whose noisy label a net with n outputs cannot have: the labelled outliers
+        (label K) when a K-output net is trained on outlier noise."""
+        keep = self.train.y.numpy() < n
+        if keep.all():
+            return self
+        return replace(self, train=self.train.take(np.flatnonzero(keep)), y_true=self.y_true[keep])
+
+
+class NoiseModel:
+    """The interface: ``apply(ds, data, level, seed) -> NoisyData``. ``data`` is the typed ``data`` config
+    (train_size, and where to read other data sets from)."""
+
+    name = "noise"
+    uses_level = True  # False: refuses a non-default top-level level
+    level_hint = ""  # said when a non-default level is refused
+
+    def apply(self, ds: Dataset, data, level: float, seed: int) -> NoisyData:
+        raise NotImplementedError
+
+
+def _check_matrix(matrix: str, key: str = "noise.matrix") -> str:
+    matrix = str(matrix)
+    if matrix not in noise.MATRIX_KINDS and Path(matrix).suffix not in (".npy", ".csv"):
+        raise UserError(f"{key}: '{matrix}' is not one of {', '.join(noise.MATRIX_KINDS)} nor a .npy/.csv path")
+    return matrix
+
+
+def _pool_size(data, n_pool: int) -> int:
+    return n_pool if data.train_size is None else int(data.train_size)
+
+
+class FlipNoise(NoiseModel):
+    """Label-flip noise (paper Sec. 2): the first train_size images of a seeded permutation of the pool,
+    each label redrawn from column y of Q*."""
+
+    name = "flip"
+
+    def __init__(self, matrix: str):
+        self.matrix = _check_matrix(matrix)
+
+    def q_star(self, k: int, level: float, seed: int) -> np.ndarray:
+        return noise.matrix(self.matrix, k, level, rng(seed, 1))
+
+    def apply(self, ds: Dataset, data, level: float, seed: int) -> NoisyData:
+        k = ds.num_classes
+        chosen = datasets.subset(ds.pool, _pool_size(data, len(ds.pool)), seed, k)
+        q_true = self.q_star(k, level, seed)
+        y_noisy = noise.corrupt(chosen.y.numpy(), q_true, rng(seed, 2))
+        why = f"{self.matrix} noise at level {level} gives a singular Q* (choose another level or matrix, or q=learned)"
+        return NoisyData(chosen.relabel(y_noisy), chosen.y.numpy(), ds.test, k, q_true, self.name,
+                         self.matrix if self.uses_level else None, level if self.uses_level else 0.0,
+                         len(chosen), ("q", why))  # fmt: skip
+
+
+class NoNoise(FlipNoise):
+    """Clean labels: Q* is the identity."""
+
+    name = "none"
+    uses_level = False
+
+    def __init__(self):
+        self.matrix = "identity"
+
+    def q_star(self, k: int, level: float, seed: int) -> np.ndarray:
+        return np.eye(k)
+
+
+class LabelFile(NoiseModel):
+    """Real noisy labels from a file, one per image of the training pool in the pool's order (e.g.
+    CIFAR-10N's human labels); Q* is their realised noise matrix."""
+
+    name = "labels"
+    uses_level = False
+    level_hint = " (the level is the file's)"
+
+    def __init__(self, file: str | None, column: str | None):
+        if not file:
+            raise UserError(
+                "noise.file: noise=labels needs noise.file=PATH (.npy, .csv or .pt, one label per pool image)"
+            )
+        self.file, self.column = str(file), column
+
+    def apply(self, ds: Dataset, data, level: float, seed: int) -> NoisyData:
+        k = ds.num_classes
+        y_file = noise.labels_from_file(to_absolute_path(self.file), self.column, len(ds.pool), k)
+        idx = datasets.subset_indices(len(ds.pool), _pool_size(data, len(ds.pool)), seed, k)
+        chosen = ds.pool.take(idx)
+        y_clean, y_noisy = chosen.y.numpy(), y_file[idx]
+        why = "the realised noise matrix of these labels is singular; use q=learned or q=none"
+        extra = {"noise_file": self.file, "noise_column": self.column}
+        out = NoisyData(chosen.relabel(y_noisy), y_clean, ds.test, k, noise.realised(y_clean, y_noisy, k), self.name,
+                        "file", 0.0, len(chosen), ("q", why), extra)  # fmt: skip
+        out.level = out.actual_noise
+        return out
+
+
+class OutlierNoise(NoiseModel):
+    """Outlier noise (paper Sec. "Outlier noise", Eq. 8): train_size inliers (default: as many as the data
+    set gives at this ratio), round(outlier_ratio x N_in) outliers with a uniform label among the K inlier
+    classes, and labelled_outliers more labelled K+1, which make Q* non-singular. Flip noise on the
+    inliers at inlier_level (Q* of kind ``matrix``) composes with it."""
+
+    name = "outlier"
+    uses_level = False
+    level_hint = " (flip noise on the inliers: noise.inlier_level)"
+
+    def __init__(self, outlier_ratio: float, labelled_outliers: int, inlier_classes: int, outlier_source: str,
+                 inlier_level: float, matrix: str):  # fmt: skip
+        if not np.isfinite(outlier_ratio) or outlier_ratio < 0:
+            raise UserError(f"noise.outlier_ratio: {outlier_ratio} must be a finite number >= 0 (N_out / N_in)")
+        if labelled_outliers < 0:
+            raise UserError(f"noise.labelled_outliers: {labelled_outliers} must be >= 0")
+        if not 0.0 <= inlier_level < 1.0:
+            raise UserError(f"noise.inlier_level: {inlier_level} is outside [0, 1)")
+        self.ratio, self.labelled, self.inlier_classes = (
+            float(outlier_ratio),
+            int(labelled_outliers),
+            int(inlier_classes),
+        )
+        self.source, self.inlier_level, self.matrix = str(outlier_source), float(inlier_level), _check_matrix(matrix)
+
+    def apply(self, ds: Dataset, data, level: float, seed: int) -> NoisyData:
+        o = outliers.compose(ds, self.source, self.inlier_classes, data.train_size, self.ratio, self.labelled,
+                             rng(seed, 3), self._external(ds, data, seed))  # fmt: skip
+        k, y = o.num_classes, o.train.y.numpy().copy()
+        flip = noise.matrix(self.matrix, k, self.inlier_level, rng(seed, 1)) if self.inlier_level > 0 else np.eye(k)
+        inl = o.y_true < k
+        y[inl] = noise.corrupt(o.y_true[inl], flip, rng(seed, 2))
+        q_true = noise.outlier(k, outliers.alpha(o.n_out, o.labelled), flip)
+        extra = {"outlier_ratio": self.ratio, "n_in": o.n_in, "n_out": o.n_out, "labelled_outliers": o.labelled,
+                 "outlier_source": self.source}  # fmt: skip
+        why = "Eq. 8's Q* is singular without labelled outliers; set it > 0"
+        return NoisyData(o.train.relabel(y), o.y_true, o.test, k, q_true, self.name, self.matrix, self.inlier_level,
+                         o.n_in, ("noise.labelled_outliers", why), extra)  # fmt: skip
+
+    def _external(self, ds: Dataset, data, seed: int) -> tuple[Split, Split] | None:
+        """(training, test) outlier images from another data set or a folder, in ds's shape (or, for an
+        image folder data set, as files read with its transform); None for the built-in sources."""
+        src = self.source
+        if src in outliers.SOURCES:
+            return None
+        folder = to_absolute_path(src)
+        if ds.pool.source is not None:  # files stay files: a folder, or nothing (compose says what is allowed)
+            is_dir = Path(folder).is_dir()
+            return outliers.folder_files(folder, ds.pool.source.transform, rng(seed, 4)) if is_dir else None
+        if src in datasets.TORCHVISION:
+            root = None if data.root is None else to_absolute_path(data.root)
+            other = datasets.load(src, root, data.download, data.verify)
+            pair = outliers.to_shape(other.pool.x, ds.shape), outliers.to_shape(other.test.x, ds.shape)
+        elif Path(folder).is_dir():
+            pair = outliers.folder_images(folder, ds.shape, rng(seed, 4))
+        else:
+            return None  # compose names the allowed sources
+        return tuple(Split(x, torch.zeros(len(x), dtype=torch.long)) for x in pair)

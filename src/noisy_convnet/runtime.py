@@ -1,0 +1,191 @@
+"""What a training needs around the math: loggers, callbacks, W&B's mode, the machine's share under a
+launcher, and ``Trainers``, the factory through which a Q estimator trains a fresh base net + noise
+layer with a Lightning Trainer built from the config, as many times as it needs.
+
+Every training starts from the same seeded weights (``pl.seed_everything(cfg.seed)`` first), so two
+trainings of the same layer on the same data give the same numbers, and every training is tested on the
+clean test set (its best checkpoint with early stopping), which costs one pass over the test images.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .data import FolderDataModule, TensorDataModule
+from .datasets import Split
+from .errors import Diverged
+from .layers import NoiseLayer
+from .module import NoisyLabelModule
+
+log = logging.getLogger(__name__)
+
+
+def _wandb_online() -> bool:
+    """W&B logs online only with an API key and a reachable server; otherwise offline (synced later)."""
+    if os.environ.get("WANDB_MODE") == "offline":
+        return False
+    netrc = Path.home() / ".netrc"
+    if not os.environ.get("WANDB_API_KEY") and not (netrc.is_file() and "api.wandb.ai" in netrc.read_text()):
+        return False
+    import socket
+
+    try:
+        socket.create_connection(("api.wandb.ai", 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def _cell_name() -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().job.override_dirname or None
+
+
+def build_loggers(cfg: DictConfig, run_name: str) -> list:
+    """The loggers of conf/logger (several with ``logger=[csv,tensorboard]``). A W&B run is named after
+    its sweep cell, or ``run_name`` for a single run, and logs offline without a key or a network."""
+    loggers = []
+    for name, lcfg in (cfg.logger or {}).items():
+        if "wandb" in name:
+            if not _wandb_online():
+                lcfg = OmegaConf.merge(lcfg, {"offline": True})
+                log.info("W&B: no API key or no network, logging offline under %s", cfg.run_dir)
+            if lcfg.get("name") is None or _cell_name():
+                lcfg = OmegaConf.merge(lcfg, {"name": _cell_name() or run_name})
+        loggers.append(instantiate(lcfg))
+    return loggers
+
+
+def build_callbacks(cfg: DictConfig, checkpoints: Path, early_stopping: bool) -> list:
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+
+    cbs = []
+    if cfg.trainer.get("enable_progress_bar", True):
+        cbs.append(RichProgressBar(leave=True))
+    if early_stopping:
+        cbs.append(EarlyStopping(monitor="val/nll", mode="min", patience=cfg.patience))
+        cbs.append(ModelCheckpoint(dirpath=checkpoints, monitor="val/nll", mode="min", save_weights_only=True))
+    return cbs
+
+
+def finish_wandb(trainer: pl.Trainer) -> None:
+    """Close the W&B run: the next training in this process must start its own, not reuse it."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    if any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
+        import wandb
+
+        wandb.finish()
+
+
+def joblib_jobs(launcher: DictConfig | dict, cores: int) -> int | None:
+    """How many cells the joblib launcher runs at once on this machine (joblib: n_jobs -1 = one per core);
+    None for another launcher."""
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return None
+    n_jobs = launcher.get("n_jobs", -1)
+    return cores if n_jobs is None or n_jobs < 1 else min(n_jobs, cores)
+
+
+def share_machine(cfg: DictConfig, launcher: DictConfig | dict, cores: int) -> None:
+    """Cells run in parallel by the joblib launcher share the machine instead of each taking all of it:
+    cores / jobs CPU threads each and, on a GPU, 1 / jobs of its memory each (several small trainings on
+    one GPU). Values the user set are kept."""
+    jobs = joblib_jobs(launcher, cores)
+    if jobs is None:
+        return
+    if cfg.threads is None:
+        cfg.threads = max(1, cores // jobs)
+    if cfg.get("gpu_fraction") is None:
+        cfg.gpu_fraction = round(1.0 / jobs, 4)
+
+
+@dataclass
+class Training:
+    """One trained base net with its noise layer, tested on the clean test set."""
+
+    module: NoisyLabelModule
+    epochs: int  # epochs run (fewer than max_epochs when early stopping ended it)
+    val_nll: float | None  # the noisy validation NLL of the tested model (the best epoch's with early stopping)
+    images_per_s: float  # training images per second of fit()
+    device: str
+    test: dict  # test_error, confusion (Eq. 4) and, with outliers, inlier_ap and pr_curve
+    probs: np.ndarray | None = None  # p(noisy | x) on the images asked for (N x K, float64), in their order
+    seconds: float = 0.0  # wall time of this training (fit, test and predictions)
+
+
+class Trainers:
+    """Builds and trains a fresh base net + noise layer + Lightning Trainer from the config, on any
+    training/validation split, and tests it on the run's clean test set."""
+
+    def __init__(self, cfg: DictConfig, shape: tuple[int, int, int], test: Split, q_true: np.ndarray,
+                 num_classes: int, run_dir: Path, run_name: str):  # fmt: skip
+        self.cfg, self.shape, self.test_split, self.q_true = cfg, shape, test, q_true
+        self.num_classes, self.run_dir, self.run_name = num_classes, Path(run_dir), run_name
+        self.count = 0  # trainings so far
+
+    def datamodule(self, train: Split, val: Split, predict: Split | None = None) -> pl.LightningDataModule:
+        d, seed, test = self.cfg.data, self.cfg.seed, self.test_split
+        if train.source is None:  # in memory: tensors on the device
+            return TensorDataModule(train, val, test, d.batch_size, d.shift, seed, d.channels_last, predict)
+        return FolderDataModule(train, val, test, d.batch_size, d.num_workers, seed, d.channels_last, predict)
+
+    def fit(self, layer: NoiseLayer, train: Split, val: Split, early_stopping: bool | None = None,
+            predict: Split | None = None) -> Training:  # fmt: skip
+        """Train a fresh base net (with as many outputs as the layer has classes) through ``layer`` on
+        ``train``, watching ``val``; early stopping as configured unless given; then test it (the best
+        epoch's weights with early stopping) and, given ``predict``, compute p(noisy | x) on its images.
+        Raises Diverged when the loss or Q is not finite at the end."""
+        cfg, t_start = self.cfg, time.perf_counter()
+        es = cfg.early_stopping if early_stopping is None else early_stopping
+        self.count += 1
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)  # every training starts from the same weights
+        dm = self.datamodule(train, val, predict)
+        net = instantiate(cfg.model, in_shape=self.shape, num_classes=layer.num_classes)
+        module = NoisyLabelModule(
+            net, layer, instantiate(cfg.optim.optimizer), instantiate(cfg.optim.get("scheduler")),
+            q_true=self.q_true, num_classes=self.num_classes, channels_last=cfg.data.channels_last,
+        )  # fmt: skip
+        checkpoints = self.run_dir / "checkpoints" / f"training{self.count}"
+        trainer: pl.Trainer = instantiate(
+            cfg.trainer, logger=build_loggers(cfg, self.run_name) or False,
+            callbacks=build_callbacks(cfg, checkpoints, es), default_root_dir=str(self.run_dir),
+            enable_checkpointing=es,
+        )  # fmt: skip
+        t_fit = time.perf_counter()
+        trainer.fit(module, dm)
+        fit_s = time.perf_counter() - t_fit
+        epochs = trainer.current_epoch
+        _check_finite(trainer, layer, self.count)
+        val_nll = trainer.checkpoint_callback.best_model_score if es else trainer.callback_metrics.get("val/nll")
+        trainer.test(module, dm, ckpt_path="best" if es else None, verbose=False)  # loads the best weights
+        probs = None
+        if predict is not None:
+            probs = torch.cat(trainer.predict(module, dm, return_predictions=True)).cpu().double().numpy()
+        finish_wandb(trainer)
+        return Training(module, epochs, None if val_nll is None else float(val_nll), len(train) * epochs / fit_s,
+                        str(trainer.strategy.root_device), module.test_results, probs,
+                        time.perf_counter() - t_start)  # fmt: skip
+
+
+def _check_finite(trainer: pl.Trainer, layer: NoiseLayer, count: int) -> None:
+    loss = trainer.callback_metrics.get("train/loss")
+    q = layer.q()
+    if (loss is not None and not torch.isfinite(loss).all()) or (q is not None and not torch.isfinite(q).all()):
+        raise Diverged(
+            f"training {count} diverged: its loss or Q is not finite after epoch {trainer.current_epoch} "
+            "(lower the learning rates or the regulariser weights)"
+        )
