@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from noisy_convnet.config import user_error  # noqa: E402
-from noisy_convnet.errors import UserError  # noqa: E402
+from noisy_convnet.errors import Diverged, UserError  # noqa: E402
 from noisy_convnet.runtime import share_machine  # noqa: E402
 from noisy_convnet.train import run  # noqa: E402
 
@@ -27,6 +27,9 @@ def main(cfg: DictConfig) -> float:
         record = run(cfg)
     except UserError as e:
         _exit_user_error(e)
+    except Diverged as e:  # not a result: fail the run (and a sweep) loudly, without a traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     print(f"test error {record.test_error:.4f}  results: {record.config['run_dir']}/results.json")
     return record.test_error
 

@@ -177,6 +177,7 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"leave it at its default{noise_model.level_hint}"
         )
     estimator = build(cfg.q, "q")
+    estimator.check(noise_model)
     needs = estimator.needs_validation()
     if needs and cfg.data.val_fraction == 0:
         raise UserError(f"{needs}; set data.val_fraction > 0")

@@ -6,6 +6,7 @@ The interface, all an estimator of one's own needs (a subclass, and ``q._target_
   estimated             -- True when Q is estimated from the data (drawn beside Q* in Fig. 2c)
   outputs(noisy)        -- how many outputs the base net has: Q*'s size (K + 1 with outlier noise) by default
   needs_validation()    -- the key that needs a validation slice, or None
+  check(noise_model)    -- refuse a noise model it cannot handle (UserError), before any data is loaded
   fit(noisy, train, val, trainers) -> Fitted
                         -- trains through ``trainers.fit(layer, train, val)`` as often as it needs and
                            returns the training to test, the Q it ended with and its own record fields.
@@ -17,20 +18,26 @@ is a ``UserError`` naming ``q.<key>``, raised when ``config.validate`` builds it
   learned -- Q learned with the network (paper Sec. 3) with the project's recipe (layers.py). A list in a
              selectable key means one training per value (per combination), the one with the lowest NLL on
              the noisy validation slice kept; the test set plays no part.
+The field's estimators, as published (flip noise and label files; they refuse outlier noise):
+  anchor    -- forward correction with anchor points (Patrini et al. 2017)
+  dualt     -- Dual-T (Yao et al. 2020)
+  confident -- cleanlab's confident joint (Northcutt et al. 2021), an optional extra (AGPL-3.0)
+  volmin    -- VolMinNet (Li et al. 2021)
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import noise
+from . import noise, results
 from .datasets import Split
-from .errors import UserError
-from .layers import PARAMS, REGULARISERS, FixedNoiseLayer, LearnedNoiseLayer, NoiseLayer
+from .errors import Diverged, UserError
+from .layers import PARAMS, REGULARISERS, FixedNoiseLayer, LearnedNoiseLayer, NoiseLayer, VolMinNoiseLayer
 from .noise_models import NoisyData
 from .runtime import Trainers, Training
 
@@ -52,6 +59,9 @@ class QEstimator:
 
     def needs_validation(self) -> str | None:
         return None
+
+    def check(self, noise_model) -> None:
+        """Refuse a noise model this estimator cannot handle (a UserError), before any data is loaded."""
 
     def fit(self, noisy: NoisyData, train: Split, val: Split, trainers: Trainers) -> Fitted:
         raise NotImplementedError
@@ -147,3 +157,174 @@ class LearnedQ(QEstimator):
 
 def _is_list(value) -> bool:
     return isinstance(value, Sequence) and not isinstance(value, str)
+
+
+# -- the field's estimators (issue: forward correction, Dual-T, confident joint, VolMinNet) --------------
+# Their T is row-stochastic, T[i, j] = p(noisy = j | true = i); this project's Q is its transpose.
+
+
+def anchor_indices(probs: np.ndarray, percentile: float) -> np.ndarray:
+    """Patrini et al.'s anchor of each class i: the image with the highest p(noisy = i | x) once the values
+    at or above the column's ``percentile`` (numpy's method="higher") are discarded, each column filtered
+    on its own copy; percentile 100 discards nothing (plain argmax)."""
+    out = np.empty(probs.shape[1], dtype=np.int64)
+    for i in range(probs.shape[1]):
+        column = probs[:, i].copy()
+        if percentile < 100:
+            column[column >= np.percentile(column, percentile, method="higher")] = 0.0
+        out[i] = int(np.argmax(column))
+    return out
+
+
+def anchor_t(probs: np.ndarray, percentile: float) -> np.ndarray:
+    """T_hat (rows = true class): row i is the prediction at class i's anchor, renormalised to sum to 1."""
+    t = probs[anchor_indices(probs, percentile)]
+    return t / t.sum(axis=1, keepdims=True)
+
+
+def count_t(probs: np.ndarray, noisy_labels: np.ndarray) -> np.ndarray:
+    """Dual-T's T_count[i, j] = p(noisy = j | predicted = i), counted on the training part; a class never
+    predicted gets the identity row (no evidence of a flip)."""
+    k = probs.shape[1]
+    counts = np.zeros((k, k))
+    np.add.at(counts, (probs.argmax(axis=1), noisy_labels), 1.0)
+    rows = counts.sum(axis=1, keepdims=True)
+    return np.where(rows > 0, counts / np.maximum(rows, 1.0), np.eye(k))
+
+
+def _require_cleanlab() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("cleanlab") is None:
+        raise UserError("q: q=confident calls cleanlab, which is not installed: pip install 'noisy-convnet[cleanlab]'")
+
+
+def confident_q(probs: np.ndarray, noisy_labels: np.ndarray) -> np.ndarray:
+    """cleanlab's confident-joint estimate with its default arguments; its noise_matrix[i, j] =
+    p(noisy = i | true = j) is this project's layout already."""
+    from cleanlab.count import estimate_py_and_noise_matrices_from_probabilities
+
+    _, noise_matrix, _, _ = estimate_py_and_noise_matrices_from_probabilities(noisy_labels, probs)
+    return np.asarray(noise_matrix, dtype=np.float64)
+
+
+class _KClasses(QEstimator):
+    """An estimator of a K x K Q: refuses outlier noise (K + 1 classes, the paper's own model)."""
+
+    def check(self, noise_model) -> None:
+        if noise_model.adds_classes:
+            raise UserError(
+                f"q: q={self.name} estimates a K x K Q and does not handle noise={noise_model.name} (K + 1 classes); "
+                "use q=fixed|learned|none there"
+            )
+
+
+class _ForwardCorrection(_KClasses):
+    """Two stages: Q_hat from p(noisy | x) of early-stopped plain nets on the training part (``estimate``),
+    then a fresh net trained through Q_hat, fixed, with the run's own protocol. Keeps the probabilities
+    and the noisy labels it estimated from as probs.npy and noisy_labels.npy in the run directory."""
+
+    estimated = True
+
+    def needs_validation(self) -> str | None:
+        return f"q: q={self.name} early-stops its plain net on the noisy validation slice, which needs one"
+
+    def estimate(self, k: int, train: Split, val: Split, trainers: Trainers) -> tuple[np.ndarray, np.ndarray, dict]:
+        raise NotImplementedError
+
+    def plain(self, k: int, train: Split, val: Split, trainers: Trainers, predict: Split) -> Training:
+        """A plain net early-stopped on the noisy validation slice, with p(noisy | x) on ``predict``."""
+        return trainers.fit(NoiseLayer(k), train, val, early_stopping=True, predict=predict)
+
+    def fit(self, noisy, train, val, trainers) -> Fitted:
+        k, t0 = self.outputs(noisy), time.perf_counter()
+        q_hat, probs, fields = self.estimate(k, train, val, trainers)
+        estimate_s = time.perf_counter() - t0
+        labels = train.y.numpy()
+        results.save_array(trainers.run_dir / "probs.npy", probs)
+        results.save_array(trainers.run_dir / "noisy_labels.npy", labels)
+        if not np.isfinite(q_hat).all():
+            raise Diverged(f"q={self.name}: its estimate of Q is not finite")
+        forward = trainers.fit(FixedNoiseLayer(q_hat), train, val)
+        fields["stage_s"] = {"estimate": estimate_s, "forward": forward.seconds}
+        return Fitted(forward, q_hat, fields)
+
+
+def _percentile(value) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 100:
+        raise UserError(f"q.anchor_percentile: {value} is outside (0, 100] (100: no discarding, plain argmax)")
+    return float(value)
+
+
+class AnchorQ(_ForwardCorrection):
+    """Forward correction with anchor points (Patrini et al. 2017): Q_hat = T_hat transposed."""
+
+    name, label = "anchor", "anchor points"
+
+    def __init__(self, anchor_percentile: float):
+        self.percentile = _percentile(anchor_percentile)
+
+    def estimate(self, k, train, val, trainers):
+        plain = self.plain(k, train, val, trainers, predict=train)
+        return anchor_t(plain.probs, self.percentile).T, plain.probs, {"plain_test_error": plain.test["test_error"]}
+
+
+class DualTQ(AnchorQ):
+    """Dual-T (Yao et al. 2020): T_hat = T_anchor x T_count, both from the same early-stopped plain net."""
+
+    name, label = "dualt", "Dual-T"
+
+    def estimate(self, k, train, val, trainers):
+        plain = self.plain(k, train, val, trainers, predict=train)
+        t = anchor_t(plain.probs, self.percentile) @ count_t(plain.probs, train.y.numpy())
+        return t.T, plain.probs, {"plain_test_error": plain.test["test_error"]}
+
+
+class ConfidentQ(_ForwardCorrection):
+    """cleanlab's confident joint (Northcutt et al. 2021) on out-of-fold probabilities: ``folds`` plain nets,
+    each trained on the other folds of the training part (stratified by noisy label, seeded) and
+    early-stopped on the validation slice, predict their held-out fold."""
+
+    name, label = "confident", "confident joint"
+
+    def __init__(self, folds: int):
+        if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+            raise UserError(f"q.folds: {folds} must be a whole number >= 2")
+        _require_cleanlab()
+        self.folds = folds
+
+    def estimate(self, k, train, val, trainers):
+        from sklearn.model_selection import StratifiedKFold
+
+        labels = train.y.numpy()
+        rarest = int(np.bincount(labels, minlength=k).min())
+        if self.folds > rarest:
+            raise UserError(f"q.folds: {self.folds} folds need at least as many images of every noisy label; "
+                            f"the rarest has {rarest}")  # fmt: skip
+        probs = np.full((len(labels), k), np.nan)
+        split = StratifiedKFold(self.folds, shuffle=True, random_state=trainers.cfg.seed).split(labels, labels)
+        errors = []
+        for rest, held in split:
+            fold = self.plain(k, train.take(rest), val, trainers, predict=train.take(held))
+            probs[held] = fold.probs
+            errors.append(fold.test["test_error"])
+        return confident_q(probs, labels), probs, {"fold_test_errors": errors}
+
+
+class VolMinQ(_KClasses):
+    """VolMinNet (Li et al. 2021): Q learned end to end with the minimum-volume term, in one training
+    (layers.VolMinNoiseLayer); the keys are conf/q/volmin.yaml's."""
+
+    name, label, estimated = "volmin", "VolMinNet", True
+
+    def __init__(self, init: float, vol_weight: float, lr: float):
+        for key, value, ok, allowed in (("init", init, True, ""), ("vol_weight", vol_weight, vol_weight >= 0, " >= 0"),
+                                        ("lr", lr, lr > 0, " > 0")):  # fmt: skip
+            if not np.isfinite(value) or not ok:
+                raise UserError(f"q.{key}: {value} must be a finite number{allowed}")
+        self.init, self.vol_weight, self.lr = float(init), float(vol_weight), float(lr)
+
+    def fit(self, noisy, train, val, trainers) -> Fitted:
+        layer = VolMinNoiseLayer(self.outputs(noisy), self.init, self.vol_weight, self.lr)
+        t = trainers.fit(layer, train, val)
+        return Fitted(t, self.q_of(t))

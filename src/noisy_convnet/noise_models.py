@@ -68,6 +68,7 @@ class NoiseModel:
 
     name = "noise"
     uses_level = True  # False: refuses a non-default top-level level
+    adds_classes = False  # True: Q* has a class more than the data set (the outliers' K+1)
     level_hint = ""  # said when a non-default level is refused
 
     def apply(self, ds: Dataset, data, level: float, seed: int) -> NoisyData:
@@ -157,7 +158,7 @@ class OutlierNoise(NoiseModel):
     inliers at inlier_level (Q* of kind ``matrix``) composes with it."""
 
     name = "outlier"
-    uses_level = False
+    uses_level, adds_classes = False, True
     level_hint = " (flip noise on the inliers: noise.inlier_level)"
 
     def __init__(self, outlier_ratio: float, labelled_outliers: int, inlier_classes: int, outlier_source: str,

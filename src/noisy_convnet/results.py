@@ -98,6 +98,20 @@ def write_atomic(path: str | Path, text: str) -> None:
         raise
 
 
+def save_array(path: str | Path, array: np.ndarray) -> None:
+    """np.save through a temporary file and os.replace: never a half-written array."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write(run_dir: str | Path, record: Record) -> Path:
     path = Path(run_dir) / RESULTS_FILE
     write_atomic(path, json.dumps(to_jsonable(record.to_dict()), indent=1) + "\n")
