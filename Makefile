@@ -39,7 +39,12 @@ CPU_PRESETS := fig2a_cpu fig2b_cpu fig3_cpu fig4a_cpu fig4b_cpu
 # Fig. 2a/2b also draw the early-stopped plain net: one more command per preset, into the same sweep.
 EARLY_STOPPED := fig2a_cpu fig2b_cpu
 QUIET := logger=none trainer.enable_progress_bar=false
-figures-cpu: $(STAMP) ## run the CPU-scale presets (~20 min on 2 cores; finished cells are skipped) and draw outputs/figures/
-	for p in $(CPU_PRESETS); do $(PY) train.py experiment=$$p $(QUIET) || exit 1; done
-	for p in $(EARLY_STOPPED); do $(PY) train.py experiment=$$p q=none early_stopping=true $(QUIET) || exit 1; done
-	for p in $(CPU_PRESETS); do $(PY) -m noisy_convnet.report outputs/multirun/$$p --out outputs/figures/$$p || exit 1; done
+# Cells run in parallel, one per core with one torch thread each; LAUNCHER= runs them one after another.
+LAUNCHER ?= hydra/launcher=joblib
+FIGURE_ARGS ?=
+SWEEP_SUFFIX ?=
+FIGURES ?= outputs/figures
+figures-cpu: $(STAMP) ## run the CPU-scale presets (cells in parallel; finished cells are skipped) and draw $(FIGURES)/
+	for p in $(CPU_PRESETS); do $(PY) train.py experiment=$$p sweep=$$p$(SWEEP_SUFFIX) $(QUIET) $(LAUNCHER) $(FIGURE_ARGS) || exit 1; done
+	for p in $(EARLY_STOPPED); do $(PY) train.py experiment=$$p sweep=$$p$(SWEEP_SUFFIX) q=none early_stopping=true $(QUIET) $(LAUNCHER) $(FIGURE_ARGS) || exit 1; done
+	for p in $(CPU_PRESETS); do $(PY) -m noisy_convnet.report outputs/multirun/$$p$(SWEEP_SUFFIX) --out $(FIGURES)/$$p || exit 1; done

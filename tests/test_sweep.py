@@ -221,3 +221,29 @@ def test_a_cell_made_before_an_option_existed_is_still_finished(make_cfg, tmp_pa
     path.write_text(json.dumps(record))
     assert run(make_cfg("q=none")).wall_s == pytest.approx(first.wall_s, abs=1e-5)  # skipped
     assert run(make_cfg("q=none", "data.channels_last=true")).wall_s != first.wall_s  # not the default: runs
+
+
+def test_a_cell_of_a_parallel_sweep_equals_the_same_cell_run_alone(make_cfg, tmp_path):
+    """CPU sweeps run cells side by side with one torch thread each (hydra/launcher=joblib): a cell's
+    numbers are those of the same cell run alone with one thread (float sums depend on the thread count)."""
+    import torch
+
+    common = ["data=digits", "trainer.max_epochs=2", "logger=none", "trainer.enable_progress_bar=false"]
+    p = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *common, "q=none,learned",
+                        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    (cell,) = (tmp_path / "sweep").glob(f"*q=learned*/{RESULTS_FILE}")
+    threads = torch.get_num_threads()
+    try:
+        run(make_cfg("q=learned", "trainer.max_epochs=2", "threads=1", run_dir=tmp_path / "alone"))
+    finally:
+        torch.set_num_threads(threads)
+    a, b = json.loads(cell.read_text()), json.loads((tmp_path / "alone" / RESULTS_FILE).read_text())
+    assert a["threads"] == b["threads"] == 1 and a["channels_last"] is b["channels_last"] is True
+    assert (a["test_error"], a["q_error"], a["val_nll"], a["Q"]) == (
+        b["test_error"],
+        b["q_error"],
+        b["val_nll"],
+        b["Q"],
+    )

@@ -45,7 +45,7 @@ class DataConf:
     val_fraction: float = 0.1  # share of train_size held out as a noisy validation slice; 0 = none
     batch_size: int = 128
     shift: int = 0  # augmentation: random translation by up to this many pixels; 0 = off (the paper's protocol)
-    channels_last: bool = False
+    channels_last: bool | None = None  # memory layout; None: per device and model (runtime.channels_last)
     # torchvision data sets only
     root: str | None = None  # where the files are (or go, with download); None: ./data (required for imagefolder)
     download: bool = False

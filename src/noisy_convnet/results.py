@@ -48,6 +48,8 @@ class Record:
     trainings: int  # nets trained for this run
     train_images_per_s: float
     device: str
+    threads: int  # torch CPU threads (float sums, and so the numbers, depend on it)
+    channels_last: bool  # the memory layout it trained in
     wall_s: float
     config: dict
     inlier_ap: float | None = None  # outlier noise: average precision of telling test inliers from outliers
@@ -64,7 +66,8 @@ class Record:
     def from_dict(cls, d: dict) -> Record:
         names = {f.name for f in fields(cls)} - {"fields"}
         known = {k: v for k, v in d.items() if k in names}
-        return cls(**{"q_label": d.get("q", ""), "q_estimated": False, "trainings": 1, **known},
+        old = {"q_label": d.get("q", ""), "q_estimated": False, "trainings": 1, "threads": 0, "channels_last": False}
+        return cls(**{**old, **known},
                    fields={k: v for k, v in d.items() if k not in names})  # fmt: skip
 
 

@@ -91,6 +91,28 @@ def finish_wandb(trainer: pl.Trainer) -> None:
         wandb.finish()
 
 
+# The memory layout of a model when data.channels_last is null. On a CPU, the models measured faster in
+# channels-last with `python scripts/bench.py --model M` on the 2-core machine (img/s channels-last / NCHW:
+# convnet_small 1.58, convnet_cifar 1.12); the others stay NCHW until measured. On a GPU (bf16 autocast)
+# channels-last is what cuDNN's tensor-core convolutions prefer, for every convnet.
+CHANNELS_LAST_ON_CPU = ("noisy_convnet.models.SmallConvNet", "noisy_convnet.models.ConvNetCifar")
+
+
+def training_device(cfg: DictConfig) -> torch.device:
+    """Where the Trainer will train: its accelerator, or a GPU when there is one under "auto"."""
+    accelerator = str((cfg.trainer or {}).get("accelerator", "auto"))
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if on_gpu else "cpu")
+
+
+def channels_last(cfg: DictConfig) -> bool:
+    """data.channels_last when set; else channels-last on a GPU, and on a CPU for the models in
+    CHANNELS_LAST_ON_CPU."""
+    if cfg.data.channels_last is not None:
+        return bool(cfg.data.channels_last)
+    return training_device(cfg).type == "cuda" or cfg.model.get("_target_") in CHANNELS_LAST_ON_CPU
+
+
 def joblib_jobs(launcher: DictConfig | dict, cores: int) -> int | None:
     """How many cells the joblib launcher runs at once on this machine (joblib: n_jobs -1 = one per core);
     None for another launcher."""
@@ -136,12 +158,13 @@ class Trainers:
         self.cfg, self.shape, self.test_split, self.q_true = cfg, shape, test, q_true
         self.num_classes, self.run_dir, self.run_name = num_classes, Path(run_dir), run_name
         self.count = 0  # trainings so far
+        self.channels_last = channels_last(cfg)
 
     def datamodule(self, train: Split, val: Split, predict: Split | None = None) -> pl.LightningDataModule:
-        d, seed, test = self.cfg.data, self.cfg.seed, self.test_split
+        d, seed, test, cl = self.cfg.data, self.cfg.seed, self.test_split, self.channels_last
         if train.source is None:  # in memory: tensors on the device
-            return TensorDataModule(train, val, test, d.batch_size, d.shift, seed, d.channels_last, predict)
-        return FolderDataModule(train, val, test, d.batch_size, d.num_workers, seed, d.channels_last, predict)
+            return TensorDataModule(train, val, test, d.batch_size, d.shift, seed, cl, predict)
+        return FolderDataModule(train, val, test, d.batch_size, d.num_workers, seed, cl, predict)
 
     def fit(self, layer: NoiseLayer, train: Split, val: Split, early_stopping: bool | None = None,
             predict: Split | None = None) -> Training:  # fmt: skip
@@ -157,7 +180,7 @@ class Trainers:
         net = instantiate(cfg.model, in_shape=self.shape, num_classes=layer.num_classes)
         module = NoisyLabelModule(
             net, layer, instantiate(cfg.optim.optimizer), instantiate(cfg.optim.get("scheduler")),
-            q_true=self.q_true, num_classes=self.num_classes, channels_last=cfg.data.channels_last,
+            q_true=self.q_true, num_classes=self.num_classes, channels_last=self.channels_last,
         )  # fmt: skip
         checkpoints = self.run_dir / "checkpoints" / f"training{self.count}"
         trainer: pl.Trainer = instantiate(

@@ -77,6 +77,7 @@ def run(cfg: DictConfig) -> Record:
         q_error=None if fitted.q is None else noise.q_error(fitted.q, noisy.q_true),
         test_error=t.test["test_error"], confusion=t.test["confusion"], val_nll=t.val_nll, epochs=t.epochs,
         trainings=trainers.count, train_images_per_s=t.images_per_s, device=t.device,
+        threads=torch.get_num_threads(), channels_last=trainers.channels_last,
         wall_s=time.perf_counter() - t_start, config=OmegaConf.to_container(cfg, resolve=True),
         inlier_ap=t.test.get("inlier_ap"), pr_curve=t.test.get("pr_curve"), fields={**noisy.extra, **fitted.fields},
     )  # fmt: skip
