@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-all lint format figures-cpu bench clean
+.PHONY: help install train test test-all lint format figures-cpu estimators-cpu example-estimator bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ lint: $(STAMP) ## ruff lint and format check
 format: $(STAMP) ## ruff format and autofix
 	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
 
+example-estimator: $(STAMP) ## run examples/my_estimator.py's ConfusionQ through train.py (ARGS='...' appended)
+	$(PY) train.py q=custom q._target_=examples.my_estimator.ConfusionQ $(ARGS)
+
 clean: ## remove run outputs (keeps outputs/figures)
 	rm -rf outputs/runs outputs/multirun
 
@@ -45,6 +48,12 @@ FIGURE_ARGS ?=
 SWEEP_SUFFIX ?=
 FIGURES ?= outputs/figures
 figures-cpu: $(STAMP) ## run the CPU-scale presets (cells in parallel; finished cells are skipped) and draw $(FIGURES)/
-	for p in $(CPU_PRESETS); do $(PY) train.py experiment=$$p sweep=$$p$(SWEEP_SUFFIX) $(QUIET) $(LAUNCHER) $(FIGURE_ARGS) || exit 1; done
-	for p in $(EARLY_STOPPED); do $(PY) train.py experiment=$$p sweep=$$p$(SWEEP_SUFFIX) q=none early_stopping=true $(QUIET) $(LAUNCHER) $(FIGURE_ARGS) || exit 1; done
-	for p in $(CPU_PRESETS); do $(PY) -m noisy_convnet.report outputs/multirun/$$p$(SWEEP_SUFFIX) --out $(FIGURES)/$$p || exit 1; done
+	for p in $(CPU_PRESETS); do $(PY) train.py experiment=$$p sweep=$${p}$(SWEEP_SUFFIX) $(QUIET) $(LAUNCHER) $(FIGURE_ARGS) || exit 1; done
+	for p in $(EARLY_STOPPED); do $(PY) train.py experiment=$$p sweep=$${p}$(SWEEP_SUFFIX) q=none early_stopping=true $(QUIET) $(LAUNCHER) $(FIGURE_ARGS) || exit 1; done
+	for p in $(CPU_PRESETS); do $(PY) -m noisy_convnet.report outputs/multirun/$${p}$(SWEEP_SUFFIX) --out $(FIGURES)/$$p || exit 1; done
+
+ESTIMATOR_PRESETS := estimators_uniform estimators_pair estimators_random
+estimators-cpu: $(STAMP) ## every Q estimator x 3 noises x 3 seeds on MNIST-5k (cells in parallel) and its report in $(FIGURES)/estimators_cpu
+	for p in $(ESTIMATOR_PRESETS); do $(PY) train.py experiment=$$p $(QUIET) $(LAUNCHER) || exit 1; done
+	for p in $(ESTIMATOR_PRESETS); do $(PY) train.py experiment=$$p q=none early_stopping=true $(QUIET) $(LAUNCHER) || exit 1; done
+	$(PY) -m noisy_convnet.report outputs/multirun/estimators_cpu --out $(FIGURES)/estimators_cpu

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from noisy_convnet.config import compose
+from noisy_convnet.config import CONF_DIR, compose
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = str(ROOT / "conf")
+CONF = str(CONF_DIR)
 # Small and quick: the 8x8 digits, one epoch, no progress bar.
 FAST = ["data=digits", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "logger=none"]
 

@@ -10,7 +10,12 @@ from noisy_convnet.train import run
 from .conftest import run_cli
 
 # Options that need one more value from the user; without it they must fail validation.
-REQUIRED = {"noise=labels": "noise.file=labels.npy", "data=imagefolder": "data.root=images"}
+REQUIRED = {
+    "noise=labels": "noise.file=labels.npy",
+    "data=imagefolder": "data.root=images",
+    "noise=custom": "noise._target_=noisy_convnet.noise_models.NoNoise",
+    "q=custom": "q._target_=noisy_convnet.estimators.NoQ",
+}
 
 
 @pytest.mark.parametrize("group", [g for g in config.GROUPS if g != "experiment"])
@@ -124,3 +129,46 @@ def test_choosing_among_candidates_needs_a_validation_slice(make_cfg):
     with pytest.raises(UserError, match="^q.init_flip: choosing among 2 values needs a validation slice"):
         config.validate(make_cfg("q=learned", "q.init_flip=[0.01,0.5]", "data.val_fraction=0"))
     config.validate(make_cfg("q=learned", "q.init_flip=0.01", "data.val_fraction=0"))
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("trainer.max_epochs=abc", "trainer.max_epochs"),
+        ("trainer.max_epochs=1.5", "trainer.max_epochs"),
+        ("trainer.max_epochs=null", "trainer.max_epochs"),
+        ("trainer.devices=2", "trainer.devices"),
+        ("seed=-1", "seed"),
+        ("seed=99999999999999999", "seed"),
+        ("optim.optimizer.lr=-0.01", "optim.optimizer.lr"),
+        ("optim.optimizer.lr=inf", "optim.optimizer.lr"),
+        ("threads=-1", "threads"),
+        ("threads=0", "threads"),
+        ("data.num_workers=-1", "data.num_workers"),
+        ("data.shift=-1", "data.shift"),
+        ("data.image_size=0", "data.image_size"),
+        ("q=null", "q"),
+        ("q.lr=inf", "q.lr"),
+        ("q.reg_weight=inf", "q.reg_weight"),
+        ("q.init_flip=0", "q.init_flip"),
+    ],
+)
+def test_every_user_key_is_checked_before_any_work(make_cfg, override, key):
+    """Values that reached torch, numpy or Lightning before any check (tracebacks, or silently ignored)."""
+    with pytest.raises(UserError, match=f"^{key}: "):
+        config.validate(make_cfg(override))
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["data.shift=8"], "data.shift"),  # as large as the 8x8 digits: blank images
+        (["model=alexnet"], "model"),  # too deep for 8x8 images
+        (["early_stopping=true", "data.val_fraction=0.0001"], "data.val_fraction"),  # rounds to no image
+        (["q.warmup_epochs=3", "trainer.max_epochs=3"], "q.warmup_epochs"),  # Q never leaves its start
+    ],
+)
+def test_what_needs_the_data_is_checked_before_training(make_cfg, tmp_path, overrides, key):
+    with pytest.raises(UserError, match=f"^{key}: "):
+        run(make_cfg(*overrides))
+    assert not (tmp_path / "run" / "results.json").exists()

@@ -195,3 +195,16 @@ def test_image_folder_without_root_or_val_is_a_clean_error(tmp_path):
     (tmp_path / "imgs" / "train" / "a").mkdir(parents=True)
     with pytest.raises(UserError, match="^data.root: no 'val' folder"):
         datasets.load("imagefolder", str(tmp_path / "imgs"))
+
+
+def test_ambiguous_label_files_are_refused(tmp_path):
+    from noisy_convnet import noise
+
+    np.save(tmp_path / "wide.npy", np.zeros((5, 2), dtype=np.int64))
+    with pytest.raises(UserError, match=r"^noise.file: .*shape \(5, 2\)"):
+        noise.labels_from_file(tmp_path / "wide.npy", None, 10, 10)
+    (tmp_path / "bare.csv").write_text("\n".join(str(i % 10) for i in range(10)) + "\n")
+    with pytest.raises(UserError, match="^noise.file: .*no header row"):
+        noise.labels_from_file(tmp_path / "bare.csv", None, 10, 10)
+    (tmp_path / "good.csv").write_text("label\n" + "\n".join(str(i % 10) for i in range(10)) + "\n")
+    assert list(noise.labels_from_file(tmp_path / "good.csv", None, 10, 10)) == [i % 10 for i in range(10)]

@@ -147,3 +147,27 @@ def test_a_diverged_training_fails_the_run_and_writes_no_results(make_cfg, tmp_p
     with pytest.raises(Diverged, match="diverged"):
         run(make_cfg("q=none", "optim.optimizer.lr=1e9", "trainer.max_epochs=2"))
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_the_example_estimator_runs_through_make(tmp_path):
+    """examples/my_estimator.py, selected with q=custom q._target_=... (no other estimator's keys reach it)."""
+    import subprocess
+
+    from .conftest import ROOT
+
+    args = f"data=digits data.train_size=300 trainer.max_epochs=2 logger=none hydra.run.dir={tmp_path / 'run'}"
+    p = subprocess.run(["make", "-s", "example-estimator", f"ARGS={args} +q.smoothing=0.5"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    r = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert (r["q"], r["trainings"], r["config"]["q"]) == ("confusion", 2, {
+        "_target_": "examples.my_estimator.ConfusionQ", "smoothing": 0.5})  # fmt: skip
+    assert 0 <= r["q_error"] < 2 and np.allclose(np.array(r["Q"]).sum(0), 1, atol=1e-5)
+    bad = subprocess.run(["make", "-s", "example-estimator", f"ARGS={args} +q.smoothing=-1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert "error: q.smoothing: -1" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_custom_estimator_needs_its_target(make_cfg):
+    with pytest.raises(UserError, match=r"^q._target_: required"):
+        config.validate(make_cfg("q=custom"))

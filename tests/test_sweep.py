@@ -34,9 +34,12 @@ def test_every_preset_composes_validates_and_names_its_sweep(preset):
     with open_dict(task):
         del task["hydra"]  # Hydra hands the task its config without the hydra node
     cfg_task = config.validate(task)
-    assert cfg_task.sweep == preset
+    if preset == "debug":  # one batch of one run, not a sweep
+        assert cfg_task.trainer.fast_dev_run is True
+        return
+    assert cfg_task.sweep.replace("estimators_cpu/", "estimators_") == preset  # estimators_*: one folder
     assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper.params
-    assert cfg.hydra.sweep.dir == f"outputs/multirun/{preset}"
+    assert cfg.hydra.sweep.dir == f"outputs/multirun/{cfg_task.sweep}"
 
 
 def test_slurm_launcher_settings_reach_submitit(tmp_path, monkeypatch):
@@ -96,7 +99,7 @@ def test_a_gpu_fraction_reaches_torch(make_cfg, monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, *a: seen.append(f))
     run(make_cfg("trainer=cpu", "gpu_fraction=0.25"))
     assert seen == [0.25]
-    with pytest.raises(UserError, match=r"^gpu_fraction: 1.5 is outside \(0, 1\]"):
+    with pytest.raises(UserError, match=r"^gpu_fraction: 1.5 is not allowed; in \(0, 1\]"):
         run(make_cfg("gpu_fraction=1.5"))
 
 
@@ -107,8 +110,9 @@ def test_a_finished_cell_is_skipped(make_cfg, tmp_path):
     assert again == Record.from_dict(json.loads((tmp_path / "run" / RESULTS_FILE).read_text()))
     assert again.wall_s == pytest.approx(first.wall_s, abs=1e-5)
     assert (tmp_path / "run" / RESULTS_FILE).stat().st_mtime_ns == stamp
-    changed = run(make_cfg("q=fixed", "seed=1"))  # another config in the same directory runs again
-    assert changed.seed == 1
+    with pytest.raises(UserError, match="^run_dir: .* holds the results of another config"):
+        run(make_cfg("q=fixed", "seed=1"))  # another config in the same directory: nothing overwritten
+    assert (tmp_path / "run" / RESULTS_FILE).stat().st_mtime_ns == stamp
 
 
 SWEEP = ["-m", "data=digits", "trainer.max_epochs=1", "q=none,fixed", "level=0.2,0.4,0.6",
@@ -220,7 +224,8 @@ def test_a_cell_made_before_an_option_existed_is_still_finished(make_cfg, tmp_pa
     del record["config"]["data"]["channels_last"]  # as written by a version without data.channels_last
     path.write_text(json.dumps(record))
     assert run(make_cfg("q=none")).wall_s == pytest.approx(first.wall_s, abs=1e-5)  # skipped
-    assert run(make_cfg("q=none", "data.channels_last=true")).wall_s != first.wall_s  # not the default: runs
+    with pytest.raises(UserError, match="^run_dir: "):  # not the default: another cell, refused here
+        run(make_cfg("q=none", "data.channels_last=true"))
 
 
 def test_a_cell_of_a_parallel_sweep_equals_the_same_cell_run_alone(make_cfg, tmp_path):
@@ -247,3 +252,77 @@ def test_a_cell_of_a_parallel_sweep_equals_the_same_cell_run_alone(make_cfg, tmp
         b["val_nll"],
         b["Q"],
     )
+
+
+def test_report_compares_estimators_with_paired_differences(tmp_path):
+    """Five estimators x two noise settings x three seeds: the table's means and the paired differences
+    (same seed) against fixed Q* and the early-stopped plain net are what the records say."""
+    offsets = {"none": 0.30, "fixed": 0.10, "learned": 0.05, "anchor": 0.20, "volmin": 0.12}
+    for matrix in ("uniform", "pair"):
+        for q, off in offsets.items():
+            for es in (False, True) if q == "none" else (False,):
+                for seed in (0, 1, 2):
+                    err = off - (0.1 if es else 0.0) + 0.02 * seed + (0.05 if matrix == "pair" else 0.0)
+                    rec = _fake_record(q, 0.5, 4000, seed, err, matrix=matrix, early_stopping=es,
+                                       q_label={"none": "no noise layer", "fixed": "fixed Q*"}.get(q, q))  # fmt: skip
+                    d = tmp_path / f"{matrix},q={q},es={es},seed={seed}"
+                    d.mkdir()
+                    (d / RESULTS_FILE).write_text(json.dumps(rec))
+    assert report.main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    df = report.load_sweep(tmp_path)[0]
+    t = report.comparison(df).set_index(["setting", "method"])
+    assert t.loc[("pair 0.5", "anchor"), "test_error"] == pytest.approx(100 * (0.20 + 0.02 + 0.05))
+    assert t.loc[("pair 0.5", "anchor"), "seeds"] == 3 and t.loc[("pair 0.5", "anchor"), "sd"] == pytest.approx(2.0)
+    p = report.paired(df, "fixed Q*").set_index(["setting", "method"])
+    assert p.loc[("uniform 0.5", "volmin"), "vs fixed Q*: mean"] == pytest.approx(2.0)
+    assert p.loc[("uniform 0.5", "volmin"), "sd"] == pytest.approx(0.0, abs=1e-9)
+    p = report.paired(df, "no noise layer + early stopping").set_index(["setting", "method"])
+    assert p.loc[("uniform 0.5", "learned"), "vs no noise layer + early stopping: mean"] == pytest.approx(-15.0)
+    assert "vs fixed Q*" in (tmp_path / "out" / "comparison.md").read_text()
+    for name in ("estimators_error_and_q_error", "estimators_q_heatmaps"):
+        assert (tmp_path / "out" / f"{name}.png").stat().st_size > 5000
+
+
+def test_report_leaves_out_what_is_not_a_result_and_warns_about_mixed_cells(tmp_path, capsys):
+    good = _fake_record("none", 0.5, 1000, 0, 0.2)
+    bad = {"list": [], "empty": {}, "nan": {**good, "test_error": float("nan")},
+           "dev": {**good, "config": {**good["config"], "trainer": {"fast_dev_run": True}}}}  # fmt: skip
+    for name, rec in {"good": good, **bad}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / RESULTS_FILE).write_text(json.dumps(rec))
+    (tmp_path / "bytes").mkdir()
+    (tmp_path / "bytes" / RESULTS_FILE).write_bytes(b"\xff\xfe\x00garbage")
+    other = {**good, "config": {**good["config"], "noise": {"matrix": "pair"}}}  # same row, another config
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / RESULTS_FILE).write_text(json.dumps(other))
+    assert report.main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("unreadable result") == 3 and "diverged" in err and "fast_dev_run" in err
+    assert "differ in more than their seed" in err
+    assert len(pd.read_csv(tmp_path / "out" / "results.csv")) == 2
+    (tmp_path / "file").write_text("x")
+    assert report.main([str(tmp_path), "--out", str(tmp_path / "file")]) == 2
+    assert "error: --out:" in capsys.readouterr().err
+
+
+def test_a_cell_whose_input_file_changed_runs_again(make_cfg, tmp_path):
+    """The resume check covers the contents of the files a config names, not only their paths."""
+    from noisy_convnet import noise
+
+    path = tmp_path / "q.npy"
+    np.save(path, noise.uniform(10, 0.3))
+    first = run(make_cfg("q=fixed", f"noise.matrix={path}"))
+    assert run(make_cfg("q=fixed", f"noise.matrix={path}")).wall_s == pytest.approx(first.wall_s, abs=1e-5)
+    np.save(path, noise.pair(10, 0.3))  # edited in place: same path, another Q*
+    again = run(make_cfg("q=fixed", f"noise.matrix={path}"))
+    assert again.wall_s != first.wall_s and np.allclose(again.Q_true, noise.pair(10, 0.3))
+
+
+def test_one_bad_cell_does_not_stop_the_sweep(tmp_path):
+    p = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "data=digits", "trainer.max_epochs=1",
+                        "level=1.5,0.3", "logger=none", "trainer.enable_progress_bar=false",
+                        f"hydra.sweep.dir={tmp_path}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert "error: cell data=digits,level=1.5,trainer.max_epochs=1: level: 1.5 is not allowed" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert [d.parent.name for d in tmp_path.glob(f"*/{RESULTS_FILE}")] == ["data=digits,level=0.3,trainer.max_epochs=1"]

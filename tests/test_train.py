@@ -160,3 +160,24 @@ def test_run_works_on_a_config_composed_in_python_without_hydra(tmp_path, monkey
     r = run(compose(["data=digits", "trainer.max_epochs=1", "logger=none", "trainer.enable_progress_bar=false"]))
     runs = list((tmp_path / "outputs" / "runs").glob("*/*/results.json"))
     assert len(runs) == 1 and json.loads(runs[0].read_text())["test_error"] == pytest.approx(r.test_error, abs=1e-6)
+
+
+def test_every_logger_gets_the_config_and_the_learning_rate(make_cfg, tmp_path, monkeypatch):
+    """'logger=[csv,tensorboard,wandb]' logs to all three; each holds the keys a dashboard groups runs by
+    (level, q, seed, data.train_size), W&B (offline: no key here) its metrics and learning rates too."""
+    import yaml
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    run(make_cfg("logger=[csv,tensorboard,wandb]", "q=learned", "level=0.3", "seed=2", "trainer.max_epochs=2"))
+    d = tmp_path / "run"
+    hparams = yaml.safe_load((d / "csv" / "hparams.yaml").read_text())
+    assert (hparams["level"], hparams["q"], hparams["seed"], hparams["data.train_size"]) == (0.3, "learned", 2, None)
+    assert "lr-AdamW" in (d / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert list((d / "tensorboard").glob("events.*")) and (d / "tensorboard" / "hparams.yaml").is_file()
+    (run_dir,) = (d / "wandb").glob("offline-run-*")
+    (records,) = run_dir.glob("run-*.wandb")  # offline: config, metrics and images are records in this file
+    data = records.read_bytes()
+    for key in (b"level", b"seed", b"data.train_size", b"learned", b"lr-AdamW", b"train/q_error", b"val/nll"):
+        assert key in data, key
+    assert list((run_dir / "files" / "media" / "images").glob("Q_*.png"))  # the Q heatmaps

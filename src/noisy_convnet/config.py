@@ -33,7 +33,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from . import datasets
 from .errors import UserError
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package
 # Config groups a user picks by name on the command line (``group=option``).
 GROUPS = ("data", "noise", "q", "model", "optim", "trainer", "logger", "experiment")
 
@@ -65,6 +65,7 @@ class TrainConf:
     sweep: str = "default"  # a sweep (-m) writes to outputs/multirun/<sweep>/<cell>; reruns skip finished cells
     threads: int | None = None  # torch CPU threads for this run; None = torch's default (all cores)
     gpu_fraction: float | None = None  # share of the GPU's memory this run may take; None = all of it
+    save_model: bool = False  # keep the tested base net's weights as model.pt in the run directory
     data: DataConf = field(default_factory=DataConf)
     noise: Any = None  # a NoiseModel (conf/noise/*.yaml)
     q: Any = None  # a QEstimator (conf/q/*.yaml)
@@ -86,12 +87,16 @@ def _allowed(values) -> str:
     return ", ".join(str(v) for v in values)
 
 
-def user_error(e: Exception) -> UserError | None:
+def user_error(e: Exception, overrides: list[str] | tuple[str, ...] = ()) -> UserError | None:
     """The one line for an error of Hydra or OmegaConf that stands for a user's mistake; None for others
     (a bug keeps its traceback). A UserError raised inside a job comes wrapped in Hydra's job error."""
     for inner in (e, e.__cause__, e.__context__):
         if isinstance(inner, UserError):
             return inner
+    if isinstance(e, ValueError) and str(e).startswith("Config group override must be"):  # group=null
+        nulls = [o.split("=")[0] for o in overrides if o.split("=")[0] in GROUPS and o.split("=", 1)[-1] == "null"]
+        group = nulls[0] if nulls else "overrides"
+        return UserError(f"{group}: null is not an option; allowed: {_allowed(group_options(group))}")
     if isinstance(e, MissingConfigException) and e.options is not None and e.missing_cfg_file:
         group, _, option = str(e.missing_cfg_file).rpartition("/")
         return UserError(f"{group or 'config'}: unknown option '{option}'; allowed: {_allowed(e.options)}")
@@ -115,7 +120,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path 
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             return hydra_compose("train", overrides=list(overrides))
     except Exception as e:
-        err = user_error(e)
+        err = user_error(e, overrides)
         if err is None:
             raise
         raise err from None
@@ -142,8 +147,51 @@ def build(node: DictConfig, key: str, **kwargs):
     except InstantiationException as e:
         if isinstance(e.__cause__, UserError):
             raise e.__cause__ from None
-        why = e.__cause__ if isinstance(e.__cause__, TypeError) else str(e).splitlines()[0]
+        cause = e.__cause__  # a constructor refusing its arguments (e.g. a network too deep for the images)
+        why = cause if isinstance(cause, (TypeError, ValueError, RuntimeError)) else str(e).splitlines()[0]
         raise UserError(f"{key}: cannot build {node.get('_target_')} ({why})") from None
+
+
+def _number(value, integer: bool = False) -> bool:
+    """A finite number (a whole one with ``integer``), not a bool."""
+    kinds = (int,) if integer else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# (key, test, what is allowed): every user-facing key the schema does not type, or types too loosely.
+CHECKS = (
+    ("seed", lambda v: _number(v, True) and 0 <= v < 2**32, "a whole number in [0, 2**32)"),
+    ("level", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("patience", lambda v: v >= 1, "a whole number >= 1"),
+    ("threads", lambda v: v is None or v >= 1, ">= 1, or null for torch's default"),
+    ("gpu_fraction", lambda v: v is None or 0.0 < v <= 1.0, "in (0, 1], or null"),
+    ("data.train_size", lambda v: v is None or v >= 1, "a positive number of images, or null for all"),
+    ("data.val_fraction", lambda v: 0.0 <= v <= 0.5, "in [0, 0.5]"),
+    ("data.batch_size", lambda v: v >= 1, ">= 1"),
+    ("data.shift", lambda v: v >= 0, ">= 0 pixels"),
+    ("data.image_size", lambda v: v >= 1, ">= 1 pixels"),
+    ("data.num_workers", lambda v: v >= 0, ">= 0"),
+    ("trainer.max_epochs", lambda v: _number(v, True) and v >= 1, "a whole number >= 1"),
+    (
+        "trainer.devices",
+        lambda v: v in (1, "1", "auto"),
+        "1: one CPU process or one GPU per run (parallel runs: hydra/launcher=joblib)",
+    ),  # fmt: skip
+    ("optim.optimizer.lr", lambda v: _number(v) and v > 0, "a finite number > 0"),
+    ("optim.optimizer.weight_decay", lambda v: v is None or _number(v) and v >= 0, "a finite number >= 0"),
+)
+
+
+def _check(cfg: DictConfig, key: str, ok, allowed: str) -> None:
+    value = OmegaConf.select(cfg, key, default="__absent__")
+    if value == "__absent__":
+        return
+    try:
+        good = bool(ok(value))
+    except TypeError:
+        good = False
+    if not good:
+        raise UserError(f"{key}: {value!r} is not allowed; {allowed}")
 
 
 def validate(cfg: DictConfig) -> DictConfig:
@@ -152,24 +200,12 @@ def validate(cfg: DictConfig) -> DictConfig:
     if missing:
         raise UserError(f"{missing[0]}: required, give it on the command line ({missing[0]}=...)")
     cfg = typed(cfg)
-    if not 0.0 <= cfg.level < 1.0:
-        raise UserError(f"level: {cfg.level} is outside [0, 1)")
+    for key, ok, allowed in CHECKS:
+        _check(cfg, key, ok, allowed)
     if cfg.data.name not in datasets.NAMES:
         raise UserError(f"data.name: unknown data set '{cfg.data.name}'; allowed: {_allowed(datasets.NAMES)}")
-    if cfg.data.train_size is not None and cfg.data.train_size < 1:
-        raise UserError(f"data.train_size: {cfg.data.train_size} must be a positive number of images (or null: all)")
-    if not 0.0 <= cfg.data.val_fraction <= 0.5:
-        raise UserError(f"data.val_fraction: {cfg.data.val_fraction} is outside [0, 0.5]")
-    if cfg.data.batch_size < 1:
-        raise UserError(f"data.batch_size: {cfg.data.batch_size} must be >= 1")
-    if cfg.trainer is not None and cfg.trainer.get("max_epochs", 1) < 1:
-        raise UserError(f"trainer.max_epochs: {cfg.trainer.max_epochs} must be >= 1")
     if cfg.early_stopping and cfg.data.val_fraction == 0:
         raise UserError("early_stopping: needs a validation slice; set data.val_fraction > 0")
-    if cfg.gpu_fraction is not None and not 0.0 < cfg.gpu_fraction <= 1.0:
-        raise UserError(f"gpu_fraction: {cfg.gpu_fraction} is outside (0, 1]")
-    if cfg.patience < 1:
-        raise UserError(f"patience: {cfg.patience} must be >= 1")
     noise_model = build(cfg.noise, "noise")
     if not noise_model.uses_level and not math.isclose(cfg.level, TrainConf.level):
         raise UserError(

@@ -98,7 +98,7 @@ def _numbers(key: str, value, ok, allowed: str) -> list[float]:
     """q.<key>: a number that passes ``ok``, or a non-empty list of them (candidates to choose from)."""
     values = list(value) if _is_list(value) else [value]
     is_number = [isinstance(v, (int, float)) and not isinstance(v, bool) for v in values]
-    if not values or not all(is_number) or not all(ok(v) for v in values):
+    if not values or not all(is_number) or not all(np.isfinite(v) and ok(v) for v in values):
         raise UserError(f"q.{key}: {value} must be a number {allowed}, or a list of them")
     return [float(v) for v in values]
 
@@ -119,7 +119,8 @@ class LearnedQ(QEstimator):
         self.param, self.regulariser, self.warmup_epochs = param, regulariser, int(warmup_epochs)
         self.lists = {
             "reg_weight": _numbers("reg_weight", reg_weight, lambda w: w >= 0, ">= 0"),
-            "init_flip": _numbers("init_flip", init_flip, lambda f: 0 <= f < 1, "in [0, 1)"),
+            # 0 would start Q at the identity, where log q = -inf off the diagonal and Q can never move
+            "init_flip": _numbers("init_flip", init_flip, lambda f: 0 < f < 1, "in (0, 1)"),
             "balance_weight": _numbers("balance_weight", balance_weight, lambda w: w >= 0, ">= 0"),
             "lr": [None] if lr is None else _numbers("lr", lr, lambda r: r > 0, "> 0 (or null for the network's)"),
         }
@@ -142,16 +143,29 @@ class LearnedQ(QEstimator):
                                  warmup_epochs=self.warmup_epochs, **values)  # fmt: skip
 
     def fit(self, noisy, train, val, trainers) -> Fitted:
-        k = self.outputs(noisy)
-        runs = [(choice, trainers.fit(self.layer(k, choice), train, val)) for choice in self.candidates()]
+        k, epochs = self.outputs(noisy), trainers.cfg.trainer.max_epochs
+        if self.warmup_epochs >= epochs:
+            raise UserError(f"q.warmup_epochs: {self.warmup_epochs} would keep Q frozen for all {epochs} epochs")
+        runs, diverged = [], []
+        for choice in self.candidates():
+            try:
+                runs.append((choice, trainers.fit(self.layer(k, choice), train, val)))
+            except Diverged:
+                if len(self.candidates()) == 1:
+                    raise
+                diverged.append(choice)  # recorded in the selection, never chosen
+        if not runs:
+            raise Diverged(f"every one of the {len(diverged)} learned-Q candidates diverged")
         choice, best = min(runs, key=lambda r: r[1].val_nll) if len(runs) > 1 else runs[0]
         fields = {"reg_weight": best.module.noise.reg_weight, "q_choice": choice or None}
-        if len(runs) > 1:  # what the selection saw (the test errors are for the record, not used to choose)
+        if (
+            len(runs) + len(diverged) > 1
+        ):  # what the selection saw (the test errors are for the record, not used to choose)
             fields["selection"] = [
                 {**c, "val_nll": t.val_nll, "test_error": t.test["test_error"],
                  "q_error": noise.q_error(self.q_of(t), noisy.q_true)}
                 for c, t in runs
-            ]  # fmt: skip
+            ] + [{**c, "diverged": True} for c in diverged]  # fmt: skip
         return Fitted(best, self.q_of(best), fields)
 
 

@@ -150,7 +150,13 @@ def labels_from_file(path: str | Path, column: str | None, n: int, k: int) -> np
         raise UserError(f"noise.column: '{path}' has several columns; choose one of {', '.join(map(str, table))}")
     if column is not None and column not in table:
         raise UserError(f"noise.column: '{column}' is not in '{path}'; choose one of {', '.join(map(str, table))}")
-    y = np.asarray(table[column] if column is not None else next(iter(table.values()))).reshape(-1)
+    if path.suffix == ".csv" and any(str(c).strip().lstrip("-").isdigit() for c in table):
+        raise UserError(f"noise.file: '{path}' has no header row (its first line reads as a label); start it with "
+                        "a column name, e.g. 'label'")  # fmt: skip
+    y = np.asarray(table[column] if column is not None else next(iter(table.values())))
+    if y.ndim != 1 and not (y.ndim == 2 and 1 in y.shape):
+        raise UserError(f"noise.file: '{path}' holds an array of shape {y.shape}; one label per pool image, a vector")
+    y = y.reshape(-1)
     if len(y) != n:
         raise UserError(f"noise.file: {len(y)} labels in '{path}', but the training pool has {n} images")
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= k:

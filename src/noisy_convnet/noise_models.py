@@ -17,6 +17,7 @@ composition, 4 the halving of an outlier folder; the noisy labels do not change 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from hydra.utils import to_absolute_path
 from . import datasets, noise, outliers
 from .datasets import Dataset, Split
 from .errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def rng(seed: int, stream: int) -> np.random.Generator:
@@ -148,6 +151,10 @@ class LabelFile(NoiseModel):
         out = NoisyData(chosen.relabel(y_noisy), y_clean, ds.test, k, noise.realised(y_clean, y_noisy, k), self.name,
                         "file", 0.0, len(chosen), ("q", why), extra)  # fmt: skip
         out.level = out.actual_noise
+        if out.level > (k - 1) / k:  # above a random relabelling's: most likely labels in another order
+            log.warning("noise.file: %.0f%% of these labels differ from the pool's, more than a random "
+                        "relabelling (%.0f%%): is '%s' in the pool's order?", 100 * out.level, 100 * (k - 1) / k,
+                        self.file)  # fmt: skip
         return out
 
 

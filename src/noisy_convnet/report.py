@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import plots
-from .results import RESULTS_FILE, write_atomic
+from .results import RESULTS_FILE, cell_config, write_atomic
 
 # Columns of the record that are not tables of numbers; the matrices stay in results.json.
 MATRICES = ("Q_true", "Q", "confusion", "pr_curve")
@@ -41,10 +41,20 @@ def load_sweep(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     for path in sorted(root.rglob(RESULTS_FILE)):
         try:
             r = json.loads(path.read_text())
-            cfg = r.pop("config", {}) or {}
-        except (json.JSONDecodeError, OSError, AttributeError) as e:
+        except (ValueError, OSError) as e:  # malformed JSON, bytes that are not UTF-8, a file gone
             problems.append(f"unreadable result {path}: {e}")
             continue
+        if not isinstance(r, dict) or not {"q", "test_error"} <= r.keys():
+            problems.append(f"unreadable result {path}: not a run's record")
+            continue
+        cfg = r.pop("config", {}) or {}
+        if not isinstance(r["test_error"], (int, float)) or not np.isfinite(r["test_error"]):
+            problems.append(f"left out, test error {r['test_error']} (a diverged run): {path}")
+            continue
+        if (cfg.get("trainer") or {}).get("fast_dev_run"):
+            problems.append(f"left out, a fast_dev_run (one batch, not a result): {path}")
+            continue
+        r["_cell"] = json.dumps({k: v for k, v in cell_config(cfg).items() if k != "seed"}, sort_keys=True)
         row = {k: v for k, v in r.items() if k not in MATRICES}
         row.update({f"cfg.{k}": v for k, v in pd.json_normalize(cfg, sep=".").iloc[0].items()} if cfg else {})
         row["run_dir"] = str(path.parent)
@@ -56,12 +66,19 @@ def load_sweep(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     df = pd.DataFrame(rows)
     if len(df):
         df["method"] = df.apply(method, axis=1)
+        df["_cell"] = df["_record"].map(lambda r: r["_cell"])
+        keys = [k for k in ("dataset", "noise", "matrix", "method", "level", "train_size", "outlier_ratio") if k in df]
+        for cell, g in df.groupby(keys, dropna=False):
+            if g["_cell"].nunique() > 1:  # same row of the table, runs that differ in more than the seed
+                problems.append(f"runs that differ in more than their seed share the table's row {cell}: "
+                                f"{', '.join(sorted(g['run_dir']))}")  # fmt: skip
     return df, problems
 
 
 def table(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and spread of test error per cell (method x level x training size), in %."""
-    keys = [k for k in ("dataset", "method", "level", "train_size", "outlier_ratio") if k in df and df[k].notna().any()]
+    keys = ["dataset", "noise", "matrix", "method", "level", "train_size", "outlier_ratio"]
+    keys = [k for k in keys if k in df and df[k].notna().any()]
     agg = {"test_error": ["mean", "std", "count"]}
     for extra in ("q_error", "inlier_ap"):
         if extra in df and df[extra].notna().any():
@@ -71,6 +88,23 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
     t["test_error_%"] = (100 * t["test_error_%"]).round(2)
     t["std_%"] = (100 * t["std_%"]).round(2)
     return t.reset_index()
+
+
+def markdown(t: pd.DataFrame) -> str:
+    """The table for a reader: "mean +- sd (n)" in one cell (the mean alone for one seed), q_error to 3
+    digits, inlier AP to 3."""
+
+    def cell(row) -> str:
+        n = int(row["seeds"])
+        return f"{row['test_error_%']:.1f}" + (f" +- {row['std_%']:.1f} ({n})" if n > 1 else " (1)")
+
+    out = t.drop(columns=["test_error_%", "std_%", "seeds"]).copy()
+    out.insert(len([c for c in out.columns if c not in ("q_error", "inlier_ap")]), "test error % (seeds)",
+               t.apply(cell, axis=1))  # fmt: skip
+    for col in ("q_error", "inlier_ap"):
+        if col in out:
+            out[col] = out[col].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+    return out.to_markdown(index=False) + "\n"
 
 
 # One colour per Q mode, dashed when early-stopped: the same in every figure.
@@ -84,6 +118,7 @@ def _style(method_name: str) -> dict:
 
 def _curves(df: pd.DataFrame, x: str, facet: str, xlabel: str, title: str, logx: bool = False):
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     facets = sorted(df[facet].unique())
     # room on the right for the legend
@@ -92,19 +127,33 @@ def _curves(df: pd.DataFrame, x: str, facet: str, xlabel: str, title: str, logx:
         sub = df[df[facet] == f]
         for name, g in sorted(sub.groupby("method"), key=lambda t: t[0]):
             s = g.groupby(x)["test_error"].agg(["mean", "std"]).sort_index() * 100
-            ax.plot(s.index, s["mean"], marker="o", label=name, **_style(name))
-            if g.groupby(x).size().max() > 1:
-                ax.fill_between(s.index, s["mean"] - s["std"].fillna(0), s["mean"] + s["std"].fillna(0), alpha=0.2)
+            seeds = g.groupby(x)["seed"].nunique().max()
+            label = name + (f" (mean +- 1 sd over {seeds} seeds)" if seeds > 1 else "")
+            (line,) = ax.plot(s.index, s["mean"], marker="o", label=label, **_style(name))
+            if seeds > 1:  # the band in the line's own colour
+                lo, hi = s["mean"] - s["std"].fillna(0), s["mean"] + s["std"].fillna(0)
+                ax.fill_between(s.index, lo, hi, alpha=0.2, color=line.get_color(), linewidth=0)
         ax.set_xlabel(xlabel)
         ax.set_title(f"{facet.replace('_', ' ')} = {f}", fontsize=9)
         if logx:
             ax.set_xscale("log")
+            ax.set_xticks(sorted(df[x].unique()))
+            ax.xaxis.set_major_formatter(ScalarFormatter())  # 1000, 2000, 4000 rather than 10^3 and 2x10^3
+            ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("clean test error (%)")
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
-    fig.suptitle(title, fontsize=10)
+    _title(fig, title)
     fig.tight_layout()
     return fig
+
+
+TITLES = False  # figure titles ("Fig. 2b: ...") belong in a paper's caption; report --titles draws them
+
+
+def _title(fig, title: str) -> None:
+    if TITLES:
+        fig.suptitle(title, fontsize=10)
 
 
 def _fig2c(df: pd.DataFrame):
@@ -112,16 +161,24 @@ def _fig2c(df: pd.DataFrame):
 
     learned = _estimated(df).sort_values(["level", "seed"]).drop_duplicates("level")
     learned = learned[learned["level"] > 0].tail(4)
-    fig, axes = plt.subplots(2, len(learned), figsize=(2.8 * len(learned), 5.6), squeeze=False)
+    fig, axes = plt.subplots(2, len(learned), figsize=(2.9 * len(learned) + 1.0, 5.8), squeeze=False)
+    im = None
     for col, (_, row) in enumerate(learned.iterrows()):
         rec = row["_record"]
         for r, (name, m) in enumerate((("Q*", rec["Q_true"]), (row["method"], rec["Q"]))):
-            axes[r][col].imshow(np.asarray(m), vmin=0, vmax=1, cmap="viridis")
-            axes[r][col].set_title(f"{name}, level {row['level']}", fontsize=9)
-            axes[r][col].set_xticks([])
-            axes[r][col].set_yticks([])
-    fig.suptitle("Fig. 2c: true noise matrix Q* (top) and Q learned from the noisy data (bottom)", fontsize=10)
-    fig.tight_layout()
+            ax, m = axes[r][col], np.asarray(m)
+            im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
+            ax.set_title(f"{name}, level {row['level']:g}", fontsize=9)
+            ticks = range(0, len(m), max(1, len(m) // 5))
+            ax.set_xticks(ticks)
+            ax.set_yticks(ticks)
+            ax.tick_params(labelsize=7)
+            if r == 1:
+                ax.set_xlabel("true class i", fontsize=8)
+            if col == 0:
+                ax.set_ylabel("noisy label j", fontsize=8)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="q_ji = p(noisy j | true i)")
+    _title(fig, "Fig. 2c: true noise matrix Q* (top) and Q learned from the noisy data (bottom)")
     return fig
 
 
@@ -140,12 +197,15 @@ def _fig3(df: pd.DataFrame):
         grids[name] = g
     grids["no noise layer - learned Q"] = grids["no noise layer"] - grids["learned Q"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    # one colour scale for both error panels, so one colour means one error
+    lo = min(np.nanmin(grids[n].values) for n in ("no noise layer", "learned Q"))
+    hi = max(np.nanmax(grids[n].values) for n in ("no noise layer", "learned Q"))
     for ax, (name, g) in zip(axes, grids.items(), strict=True):
         diff = name.startswith("no noise layer -")
         span = np.nanmax(np.abs(g.values)) if diff else None  # a diverging scale centred on 0
         im = ax.imshow(g.values, cmap="RdBu" if diff else "viridis_r", aspect="auto", origin="lower",
-                       vmin=-span if diff else None, vmax=span)  # fmt: skip
-        mid = np.nanmean([np.nanmin(g.values), np.nanmax(g.values)])
+                       vmin=-span if diff else lo, vmax=span if diff else hi)  # fmt: skip
+        mid = (lo + hi) / 2
         for (i, j), v in np.ndenumerate(g.values):
             if np.isfinite(v):  # dark text on the light half of the colour scale
                 light = abs(v) < 0.6 * span if diff else v < mid
@@ -156,7 +216,7 @@ def _fig3(df: pd.DataFrame):
         ax.set_ylabel("noise level")
         ax.set_title(name + (" (gain, points)" if diff else " (test error %)"), fontsize=9)
         fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.suptitle("Fig. 3: test error over noise level x training size", fontsize=10)
+    _title(fig, "Fig. 3: test error over noise level x training size")
     fig.tight_layout()
     return fig
 
@@ -175,7 +235,7 @@ def _fig4a(df: pd.DataFrame):
         ax.set_xlabel("N_out / N_in")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
-    fig.suptitle("Fig. 4a: outlier noise, no noise layer vs the outlier model", fontsize=10)
+    _title(fig, "Fig. 4a: outlier noise, no noise layer vs the outlier model")
     fig.tight_layout()
     return fig
 
@@ -184,16 +244,112 @@ def _fig4b(df: pd.DataFrame):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.6, 3.8))
-    for name, g in sorted(df.groupby("method"), key=lambda t: t[0]):
-        row = g.sort_values(["outlier_ratio", "seed"]).iloc[0]
-        pr = row["_record"]["pr_curve"]
-        ax.plot(pr["recall"], pr["precision"], label=f"{name} (AP {row['inlier_ap']:.3f})", **_style(name))
+    ratio = sorted(df["outlier_ratio"].unique())[len(df["outlier_ratio"].unique()) // 2]  # the middle ratio
+    for name, g in sorted(df[df["outlier_ratio"] == ratio].groupby("method"), key=lambda t: t[0]):
+        seeds = len(g)
+        for i, (_, row) in enumerate(g.sort_values("seed").iterrows()):  # every seed, thinly when several
+            pr = row["_record"]["pr_curve"]
+            ap = f"AP {g['inlier_ap'].mean():.3f}" + (f", mean of {seeds} seeds" if seeds > 1 else "")
+            ax.plot(pr["recall"], pr["precision"], label=f"{name} ({ap})" if i == 0 else None,
+                    linewidth=0.9 if seeds > 1 else 1.5, **_style(name))  # fmt: skip
+    ax.set_title(f"N_out / N_in = {ratio:g}", fontsize=9)
     ax.set_xlabel("recall (inliers)")
     ax.set_ylabel("precision")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("Fig. 4b: detecting inliers in the test set", fontsize=10)
+    if TITLES:
+        ax.set_title("Fig. 4b: detecting inliers in the test set", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+# -- the estimators compared (make estimators-cpu) ---------------------------------------------------
+
+
+def _setting(df: pd.DataFrame) -> pd.Series:
+    """The noise a run was trained under, as a column label: e.g. "uniform 0.5"."""
+    return df["matrix"].astype(str) + " " + df["level"].map("{:g}".format)
+
+
+def comparison(df: pd.DataFrame) -> pd.DataFrame:
+    """Per noise setting and estimator: test error (%, mean and sd over seeds, the seed count) and q_error."""
+    d = df.assign(setting=_setting(df))
+    t = d.groupby(["setting", "method"]).agg(
+        test_error=("test_error", "mean"),
+        sd=("test_error", "std"),
+        seeds=("seed", "nunique"),
+        q_error=("q_error", "mean"),
+    )
+    t[["test_error", "sd"]] = (100 * t[["test_error", "sd"]]).round(1)
+    t["q_error"] = t["q_error"].round(3)
+    return t.reset_index()
+
+
+def paired(df: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Per noise setting and estimator: the difference of its test error and ``reference``'s (a method
+    label) on the same noisy labels (same seed), in points: mean and sd over the seeds. Negative: better."""
+    d = df.assign(setting=_setting(df))
+    wide = d.pivot_table(index=["setting", "seed"], columns="method", values="test_error", aggfunc="mean")
+    if reference not in wide:
+        return pd.DataFrame()
+    diff = 100 * wide.sub(wide[reference], axis=0).drop(columns=reference)
+    long = diff.stack().rename("diff").reset_index()
+    t = long.groupby(["setting", "method"])["diff"].agg(["mean", "std", "count"]).round(1)
+    t.columns = [f"vs {reference}: mean", "sd", "seeds"]
+    return t.reset_index()
+
+
+def _fig_estimators(df: pd.DataFrame):
+    import matplotlib.pyplot as plt
+
+    t = comparison(df)
+    settings, methods = sorted(t["setting"].unique()), sorted(t["method"].unique())
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    width = 0.8 / len(methods)
+    colours = plt.get_cmap("tab10")
+    for m_i, m in enumerate(methods):
+        sub = t[t["method"] == m].set_index("setting").reindex(settings)
+        x = np.arange(len(settings)) + (m_i - (len(methods) - 1) / 2) * width
+        axes[0].bar(x, sub["test_error"], width, yerr=sub["sd"].fillna(0), label=m, color=colours(m_i), capsize=2)
+        axes[1].bar(x, sub["q_error"], width, color=colours(m_i))
+    for ax, ylabel in zip(axes, ("clean test error (%), mean +- 1 sd over seeds", "q_error (mean over seeds)"),
+                          strict=True):  # fmt: skip
+        ax.set_xticks(range(len(settings)), settings)
+        ax.set_xlabel("noise (Q* kind, level)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, axis="y")
+    axes[1].legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.tight_layout()
+    return fig
+
+
+def _fig_estimator_q(df: pd.DataFrame):
+    """Q* then each estimator's Q (the lowest seed), one row per noise setting."""
+    import matplotlib.pyplot as plt
+
+    d = df.assign(setting=_setting(df))
+    with_q = d[d["_record"].map(lambda r: r.get("Q") is not None)]
+    settings, methods = sorted(with_q["setting"].unique()), sorted(with_q["method"].unique())
+    fig, axes = plt.subplots(len(settings), len(methods) + 1, figsize=(1.9 * (len(methods) + 1) + 0.8,
+                             1.9 * len(settings) + 0.4), squeeze=False)  # fmt: skip
+    im = None
+    for r_i, s in enumerate(settings):
+        rows = with_q[with_q["setting"] == s].sort_values("seed")
+        panels = [("Q*", rows.iloc[0]["_record"]["Q_true"])]
+        panels += [
+            (m, rows[rows["method"] == m].iloc[0]["_record"]["Q"]) for m in methods if (rows["method"] == m).any()
+        ]
+        for c_i, ax in enumerate(axes[r_i]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c_i >= len(panels):
+                ax.axis("off")
+                continue
+            name, m = panels[c_i]
+            im = ax.imshow(np.asarray(m), vmin=0, vmax=1, cmap="viridis")
+            ax.set_title(name, fontsize=7)
+        axes[r_i][0].set_ylabel(s, fontsize=8)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="q_ji = p(noisy j | true i)")
     return fig
 
 
@@ -223,14 +379,23 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
         save(_fig4a(outl), "fig4a_outliers")
     if len(outl) and "pr_curve" in outl["_record"].iloc[0]:
         save(_fig4b(outl), "fig4b_inlier_pr")
+    if len(flip) and flip["method"].nunique() > 4:  # several estimators compared on the same noisy labels
+        save(_fig_estimators(flip), "estimators_error_and_q_error")
+        save(_fig_estimator_q(flip), "estimators_q_heatmaps")
     return made
 
 
-def log_to_wandb(paths: list[Path], root: Path) -> None:
+def log_to_wandb(paths: list[Path], root: Path, t: pd.DataFrame) -> None:
+    """The sweep's table (one row per cell) and every figure, to one summary run of the sweep's W&B group;
+    offline without a key or a server (runtime.wandb_online)."""
     import wandb
 
-    with wandb.init(project="noisy-convnet", job_type="report", name=f"report {root.name}", group=root.name) as run:
-        run.log({p.stem: wandb.Image(str(p)) for p in paths})
+    from .runtime import wandb_online
+
+    mode = "online" if wandb_online() else "offline"
+    with wandb.init(project="noisy-convnet", job_type="report", name=f"report {root.name}", group=root.name,
+                    mode=mode, dir=str(root)) as run:  # fmt: skip
+        run.log({"results": wandb.Table(dataframe=t), **{p.stem: wandb.Image(str(p)) for p in paths}})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,7 +403,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("sweep_dir", type=Path, help="a sweep directory (searched recursively for results.json)")
     ap.add_argument("--out", type=Path, default=None, help="where to write tables and figures (default: SWEEP_DIR)")
     ap.add_argument("--wandb", action="store_true", help="also log the figures to W&B")
+    ap.add_argument(
+        "--titles",
+        action="store_true",
+        help="draw the 'Fig. 2b: ...' titles on the figures (a paper puts them in the caption)",
+    )
     args = ap.parse_args(argv)
+    global TITLES
+    TITLES = args.titles
     if not args.sweep_dir.is_dir():
         print(f"error: sweep_dir: '{args.sweep_dir}' is not a directory", file=sys.stderr)
         return 2
@@ -249,18 +421,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: sweep_dir: no {RESULTS_FILE} under '{args.sweep_dir}'", file=sys.stderr)
         return 2
     out = args.out or args.sweep_dir
+    if out.exists() and not out.is_dir():
+        print(f"error: --out: '{out}' is a file; give a directory", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
-    flat = df.drop(columns=["_record"])
+    flat = df.drop(columns=["_record", "_cell"])
     write_atomic(out / "results.csv", flat.to_csv(index=False))
     t = table(df)
-    write_atomic(out / "results.md", t.to_markdown(index=False) + "\n")
+    write_atomic(out / "results.md", markdown(t))
     paths = figures(df, out)
+    if df["method"].nunique() > 4:
+        flip = df[df["outlier_ratio"].isna()] if "outlier_ratio" in df else df
+        parts = [comparison(flip)] + [paired(flip, ref) for ref in ("fixed Q*", "no noise layer + early stopping")]
+        write_atomic(out / "comparison.md", "\n\n".join(p.to_markdown(index=False) for p in parts if len(p)) + "\n")
     print(t.to_string(index=False))
     print(f"{len(df)} runs, {len(problems)} warnings -> {out}/results.csv, results.md, {len(paths)} figures")
     if args.wandb:
-        log_to_wandb(paths, args.sweep_dir)
+        log_to_wandb(paths, args.sweep_dir, t)
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The noisy-convnet-report console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

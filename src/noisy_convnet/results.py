@@ -59,8 +59,8 @@ class Record:
     def to_dict(self) -> dict:
         d = asdict(self)
         extra = d.pop("fields")
-        return {**{k: v for k, v in d.items() if k not in ("config", "wall_s")}, **extra,
-                "wall_s": d["wall_s"], "config": d["config"]}  # fmt: skip
+        return {**{k: v for k, v in d.items() if k not in ("config", "wall_s")}, **extra, "wall_s": d["wall_s"],
+                "input_hashes": input_hashes(d["config"].get("noise") or {}), "config": d["config"]}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict) -> Record:
@@ -115,9 +115,16 @@ def save_array(path: str | Path, array: np.ndarray) -> None:
         raise
 
 
+def dumps(d: dict) -> str:
+    """One line per field (a matrix as one line of nested lists), the config indented: compact at K = 1000
+    and still readable."""
+    lines = [f"  {json.dumps(k)}: {json.dumps(v, indent=2 if k == 'config' else None)}" for k, v in d.items()]
+    return "{\n" + ",\n".join(line.replace("\n", "\n  ") for line in lines) + "\n}\n"
+
+
 def write(run_dir: str | Path, record: Record) -> Path:
     path = Path(run_dir) / RESULTS_FILE
-    write_atomic(path, json.dumps(to_jsonable(record.to_dict()), indent=1) + "\n")
+    write_atomic(path, dumps(to_jsonable(record.to_dict())))
     return path
 
 
@@ -156,6 +163,50 @@ def _without_new_defaults(current: dict, stored: dict, defaults: dict) -> dict:
     return out
 
 
+def input_hashes(node: dict) -> dict:
+    """sha256 of every existing file a config's string values name (a noise matrix, a label file): a cell
+    whose input file changed is not the same cell."""
+    import hashlib
+
+    out = {}
+    for value in _strings(node):
+        p = Path(value)
+        if len(value) < 4096 and p.suffix and p.is_file():
+            out[value] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def _strings(node):
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from _strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v)
+    elif isinstance(node, str):
+        yield node
+
+
+def _stored_config(run_dir: str | Path) -> dict | None:
+    try:
+        record = read(Path(run_dir) / RESULTS_FILE)
+    except (OSError, ValueError):
+        return None
+    return record.get("config") if isinstance(record, dict) and isinstance(record.get("config"), dict) else None
+
+
+def other_config(run_dir: str | Path, config: dict, defaults: dict | None = None) -> bool:
+    """run_dir holds a results.json of another cell config (not this one with changed input files): a run
+    must not overwrite another's results."""
+    stored = _stored_config(run_dir)
+    if stored is None:
+        return False
+    current = cell_config(config)
+    if defaults is not None:
+        current = _without_new_defaults(current, cell_config(stored), to_jsonable(defaults))
+    return cell_config(stored) != current
+
+
 def finished(run_dir: str | Path, config: dict, defaults: dict | None = None) -> Record | None:
     """The stored record if run_dir holds a results.json made with the same cell config, else None
     (no file, an unreadable one, or one from another config: the cell runs and replaces it). ``defaults``
@@ -166,6 +217,10 @@ def finished(run_dir: str | Path, config: dict, defaults: dict | None = None) ->
         record = read(path)
     except (OSError, json.JSONDecodeError):
         return None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        return None
+    if record.get("input_hashes", {}) != input_hashes(config.get("noise") or {}):
+        return None  # an input file changed since
     stored, current = cell_config(record.get("config") or {}), cell_config(config)
     if defaults is not None:
         current = _without_new_defaults(current, stored, to_jsonable(defaults))

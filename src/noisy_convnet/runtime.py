@@ -30,17 +30,23 @@ from .module import NoisyLabelModule
 log = logging.getLogger(__name__)
 
 
-def _wandb_online() -> bool:
-    """W&B logs online only with an API key and a reachable server; otherwise offline (synced later)."""
-    if os.environ.get("WANDB_MODE") == "offline":
+def wandb_online() -> bool:
+    """W&B logs online only with an API key (WANDB_API_KEY, or a ~/.netrc entry for the server) and a
+    reachable server (WANDB_BASE_URL, a self-hosted one too; default api.wandb.ai); otherwise offline
+    (`wandb sync` later)."""
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
         return False
-    netrc = Path.home() / ".netrc"
-    if not os.environ.get("WANDB_API_KEY") and not (netrc.is_file() and "api.wandb.ai" in netrc.read_text()):
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    host, port = url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+    netrc = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
+    if not os.environ.get("WANDB_API_KEY") and not (netrc.is_file() and host in netrc.read_text()):
         return False
     import socket
 
     try:
-        socket.create_connection(("api.wandb.ai", 443), timeout=3).close()
+        socket.create_connection((host, port), timeout=3).close()
         return True
     except OSError:
         return False
@@ -60,7 +66,7 @@ def build_loggers(cfg: DictConfig, run_name: str) -> list:
     loggers = []
     for name, lcfg in (cfg.logger or {}).items():
         if "wandb" in name:
-            if not _wandb_online():
+            if not wandb_online():
                 lcfg = OmegaConf.merge(lcfg, {"offline": True})
                 log.info("W&B: no API key or no network, logging offline under %s", cfg.run_dir)
             if lcfg.get("name") is None or _cell_name():
@@ -91,11 +97,14 @@ def finish_wandb(trainer: pl.Trainer) -> None:
         wandb.finish()
 
 
-# The memory layout of a model when data.channels_last is null. On a CPU, the models measured faster in
-# channels-last with `python scripts/bench.py --model M` on the 2-core machine (img/s channels-last / NCHW:
-# convnet_small 1.58, convnet_cifar 1.12); the others stay NCHW until measured. On a GPU (bf16 autocast)
-# channels-last is what cuDNN's tensor-core convolutions prefer, for every convnet.
-CHANNELS_LAST_ON_CPU = ("noisy_convnet.models.SmallConvNet", "noisy_convnet.models.ConvNetCifar")
+# The memory layout of a model when data.channels_last is null: channels-last for the models measured
+# faster in it with `python scripts/bench.py --model M [trainer=gpu]` (img/s channels-last / NCHW). On the
+# 2-core CPU: convnet_small 1.30, convnet_cifar 1.12. On an H100 (bf16): convnet_cifar 1.11, convnet_small
+# 0.86 (NCHW stays); resnet18 and alexnet, not measured, take the usual choice for tensor cores.
+CHANNELS_LAST = {
+    "cpu": ("noisy_convnet.models.SmallConvNet", "noisy_convnet.models.ConvNetCifar"),
+    "cuda": ("noisy_convnet.models.ConvNetCifar", "noisy_convnet.models.resnet18", "noisy_convnet.models.alexnet"),
+}
 
 
 def training_device(cfg: DictConfig) -> torch.device:
@@ -106,11 +115,10 @@ def training_device(cfg: DictConfig) -> torch.device:
 
 
 def channels_last(cfg: DictConfig) -> bool:
-    """data.channels_last when set; else channels-last on a GPU, and on a CPU for the models in
-    CHANNELS_LAST_ON_CPU."""
+    """data.channels_last when set; else what CHANNELS_LAST says for this device and model."""
     if cfg.data.channels_last is not None:
         return bool(cfg.data.channels_last)
-    return training_device(cfg).type == "cuda" or cfg.model.get("_target_") in CHANNELS_LAST_ON_CPU
+    return cfg.model.get("_target_") in CHANNELS_LAST.get(training_device(cfg).type, ())
 
 
 def joblib_jobs(launcher: DictConfig | dict, cores: int) -> int | None:
@@ -154,8 +162,9 @@ class Trainers:
     training/validation split, and tests it on the run's clean test set."""
 
     def __init__(self, cfg: DictConfig, shape: tuple[int, int, int], test: Split, q_true: np.ndarray,
-                 num_classes: int, run_dir: Path, run_name: str):  # fmt: skip
+                 num_classes: int, run_dir: Path, run_name: str, hparams: dict | None = None):  # fmt: skip
         self.cfg, self.shape, self.test_split, self.q_true = cfg, shape, test, q_true
+        self.hparams = hparams or {}  # logged to every logger: the flattened config, q and noise by name
         self.num_classes, self.run_dir, self.run_name = num_classes, Path(run_dir), run_name
         self.count = 0  # trainings so far
         self.channels_last = channels_last(cfg)
@@ -183,9 +192,16 @@ class Trainers:
             q_true=self.q_true, num_classes=self.num_classes, channels_last=self.channels_last,
         )  # fmt: skip
         checkpoints = self.run_dir / "checkpoints" / f"training{self.count}"
+        loggers = build_loggers(cfg, self.run_name)
+        for lg in loggers:  # a dashboard groups and filters runs by any of these keys
+            lg.log_hyperparams({**self.hparams, "training": self.count})
+        callbacks = build_callbacks(cfg, checkpoints, es)
+        if loggers:
+            from pytorch_lightning.callbacks import LearningRateMonitor
+
+            callbacks.append(LearningRateMonitor(logging_interval="epoch"))
         trainer: pl.Trainer = instantiate(
-            cfg.trainer, logger=build_loggers(cfg, self.run_name) or False,
-            callbacks=build_callbacks(cfg, checkpoints, es), default_root_dir=str(self.run_dir),
+            cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(self.run_dir),
             enable_checkpointing=es,
         )  # fmt: skip
         t_fit = time.perf_counter()
@@ -194,7 +210,8 @@ class Trainers:
         epochs = trainer.current_epoch
         _check_finite(trainer, layer, self.count)
         val_nll = trainer.checkpoint_callback.best_model_score if es else trainer.callback_metrics.get("val/nll")
-        trainer.test(module, dm, ckpt_path="best" if es else None, verbose=False)  # loads the best weights
+        best = es and not trainer.fast_dev_run  # a one-batch check keeps no checkpoint
+        trainer.test(module, dm, ckpt_path="best" if best else None, verbose=False)  # loads the best weights
         probs = None
         if predict is not None:
             probs = torch.cat(trainer.predict(module, dm, return_predictions=True)).cpu().double().numpy()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from . import config, datasets, noise, plots, results
+from .errors import UserError
 from .estimators import QEstimator
 from .noise_models import NoiseModel
 from .results import Record
@@ -47,10 +49,16 @@ def run(cfg: DictConfig) -> Record:
     if cfg.run_dir is None:
         cfg.run_dir = default_run_dir()
     run_dir = Path(cfg.run_dir)
-    done = results.finished(run_dir, OmegaConf.to_container(cfg, resolve=True), config.schema_defaults())
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    done = results.finished(run_dir, resolved, config.schema_defaults())
     if done is not None:  # resume: this cell already ran with this very config
         log.info("already finished, skipped: %s", run_dir / results.RESULTS_FILE)
         return done
+    if results.other_config(run_dir, resolved, config.schema_defaults()):
+        raise UserError(f"run_dir: '{run_dir}' holds the results of another config; give another hydra.run.dir "
+                        "(or delete that one)")  # fmt: skip
+    if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError("trainer: accelerator gpu, but this machine has no GPU that torch can use; use trainer=cpu")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.gpu_fraction and torch.cuda.is_available():  # one of several trainings sharing this GPU
@@ -58,6 +66,12 @@ def run(cfg: DictConfig) -> Record:
 
     root = None if cfg.data.root is None else to_absolute_path(cfg.data.root)
     ds = datasets.load(cfg.data.name, root, cfg.data.download, cfg.data.verify, cfg.data.image_size)
+    h, w = ds.shape[1:]
+    if cfg.data.shift >= min(h, w):
+        raise UserError(
+            f"data.shift: {cfg.data.shift} pixels would move {h}x{w} images out of view; at most {min(h, w) - 1}"
+        )
+    _check_model(cfg, ds)
     noise_model: NoiseModel = instantiate(cfg.noise)
     estimator: QEstimator = instantiate(cfg.q)
     noisy = noise_model.apply(ds, cfg.data, cfg.level, cfg.seed)
@@ -65,8 +79,12 @@ def run(cfg: DictConfig) -> Record:
     log.info("%s: %d noisy training images, %.3f of labels noisy", ds.name, len(noisy.train), noisy.actual_noise)
 
     train, val = datasets.holdout(noisy.train, cfg.data.val_fraction)
+    if len(val) == 0 and (cfg.early_stopping or estimator.needs_validation()):
+        raise UserError(f"data.val_fraction: {cfg.data.val_fraction} of {len(noisy.train)} images is no validation "
+                        "image, which early stopping needs; raise it")  # fmt: skip
     run_name = f"{ds.name}-{noisy.noise}-{noisy.level:g}-q_{estimator.name}-s{cfg.seed}"
-    trainers = Trainers(cfg, ds.shape, noisy.test, noisy.q_true, noisy.num_classes, run_dir, run_name)
+    hparams = {"q": estimator.name, "noise": noisy.noise, **flat(OmegaConf.to_container(cfg, resolve=True))}
+    trainers = Trainers(cfg, ds.shape, noisy.test, noisy.q_true, noisy.num_classes, run_dir, run_name, hparams)
     fitted = estimator.fit(noisy, train, val, trainers)
     t = fitted.training
     record = Record(
@@ -83,8 +101,34 @@ def run(cfg: DictConfig) -> Record:
     )  # fmt: skip
     plots.save(plots.q_heatmaps(noisy.q_true, fitted.q, _title(record)), run_dir / "Q.png")
     path = results.write(run_dir, record)
+    if cfg.save_model:  # the tested base net's weights, kept beside its record
+        torch.save(t.module.net.state_dict(), run_dir / "model.pt")
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # early stopping's; the record is written
     log.info("test error %.4f  (results: %s)", record.test_error, path)
     return record
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    """Nested config -> {"data.train_size": 4000, ...} (lists as strings: loggers take scalars)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = str(v) if isinstance(v, list) else v
+    return out
+
+
+def _check_model(cfg: DictConfig, ds: datasets.Dataset) -> None:
+    """The network takes images of this shape (AlexNet's pooling needs at least 63x63): one forward pass of
+    two blank images, before any training."""
+    net = config.build(cfg.model, "model", in_shape=ds.shape, num_classes=ds.num_classes).eval()
+    try:
+        with torch.no_grad():
+            net(torch.zeros(2, *ds.shape))
+    except RuntimeError as e:
+        shape = "x".join(map(str, ds.shape))
+        raise UserError(f"model: {cfg.model._target_} cannot take {shape} images ({str(e).splitlines()[0]})") from None
 
 
 def _title(r: Record) -> str:

@@ -1,0 +1,56 @@
+"""The command line: ``noisy-convnet [-m] key=value ...`` (also ``python -m noisy_convnet`` and
+``python train.py`` in a checkout), a thin ``@hydra.main`` over ``train.run``.
+
+A user error (bad level, unknown data set or option, malformed matrix file, ...) ends with one line on
+stderr naming the key and what is allowed, and exit status 2; Hydra's own composition errors are turned
+into that line too (config.user_error). In a sweep, a bad cell says so in one line and the others run.
+A training that diverges ends with one line and exit status 1.
+"""
+
+import os
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from .config import user_error
+from .errors import Diverged, UserError
+from .runtime import share_machine
+from .train import run
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    hc = HydraConfig.get()
+    share_machine(cfg, hc.launcher, os.cpu_count() or 1)
+    try:
+        record = run(cfg)
+    except UserError as e:
+        if hc.mode == RunMode.MULTIRUN:  # one bad cell: say which, write nothing, let the others run
+            print(f"error: cell {hc.job.override_dirname or hc.job.num}: {e}", file=sys.stderr)
+            return float("nan")
+        _exit(e, 2)
+    except Diverged as e:  # not a result: fail the run (and a sweep) loudly, without a traceback
+        _exit(e, 1)
+    print(f"test error {record.test_error:.4f}  results: {record.config['run_dir']}/results.json")
+    return record.test_error
+
+
+def _exit(e: Exception, status: int):
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(status)
+
+
+def entry() -> None:
+    """The console script: Hydra re-raises its composition errors (HYDRA_FULL_ERROR) so that they end in
+    one line here; any other exception is a bug and keeps its traceback."""
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        main()
+    except Exception as e:
+        err = user_error(e, sys.argv[1:])
+        if err is None:
+            raise
+        _exit(err, 2)
