@@ -52,7 +52,7 @@ def test_slurm_launcher_settings_reach_submitit(tmp_path, monkeypatch):
 
     class FakeExecutor:  # stands in for the cluster: records what the launcher asks submitit for
         def __init__(self, cluster, folder, **kw):
-            seen.update(cluster=cluster, folder=folder)
+            seen.update(cluster=cluster, folder=folder, init=kw)
 
         def update_parameters(self, **params):
             seen.update(params)
@@ -67,6 +67,8 @@ def test_slurm_launcher_settings_reach_submitit(tmp_path, monkeypatch):
         launcher.launch([["q=none"]], initial_job_idx=0)
     assert seen["cluster"] == "slurm" and seen["slurm_partition"] == "gpu"
     assert seen["timeout_min"] == 120 and seen["gpus_per_node"] == 1 and seen["mem_gb"] == 32
+    # a cell that reaches its time limit or is preempted is requeued (and resumes from its last checkpoint)
+    assert seen["init"]["slurm_max_num_timeout"] >= 1 and hasattr(type(launcher), "checkpoint")
     # every slurm_* key is one submitit's SLURM executor knows
     known = set(submitit.SlurmExecutor._valid_parameters())
     assert {k[len("slurm_") :] for k in seen if k.startswith("slurm_")} <= known
@@ -195,6 +197,10 @@ def test_report_on_a_synthetic_sweep_with_a_broken_and_a_missing_run(tmp_path, c
     for name in ("fig2a_error_vs_size", "fig2b_error_vs_level", "fig2c_q_heatmaps", "fig3_grid"):
         assert (tmp_path / "report" / f"{name}.png").stat().st_size > 5000
         assert (tmp_path / "report" / f"{name}.pdf").is_file()
+    # the figures' folder keeps every record (runs.jsonl): the report redraws it without the runs
+    assert report.main([str(tmp_path / "report"), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "results.md").read_text() == md
+    assert (tmp_path / "again" / "fig3_grid.png").stat().st_size > 5000
 
 
 def test_report_on_an_empty_directory_is_a_clean_error(tmp_path, capsys):

@@ -36,6 +36,8 @@ def test_cli_run_writes_results_with_every_field(tmp_path):
     assert 0.4 < r["actual_noise"] < 0.6
     assert (run_dir / "Q.png").stat().st_size > 1000
     assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert r["provenance"]["torch"] and len(r["provenance"]["commit"] or "") in (0, 40)  # None outside a checkout
+    assert r["threads"] >= 1 and isinstance(r["channels_last"], bool)
     assert (run_dir / "csv" / "metrics.csv").is_file()
     assert not list(run_dir.glob(".results.json.*"))  # no temporary left behind
 
@@ -181,3 +183,62 @@ def test_every_logger_gets_the_config_and_the_learning_rate(make_cfg, tmp_path, 
     for key in (b"level", b"seed", b"data.train_size", b"learned", b"lr-AdamW", b"train/q_error", b"val/nll"):
         assert key in data, key
     assert list((run_dir / "files" / "media" / "images").glob("Q_*.png"))  # the Q heatmaps
+
+
+KILL_AT_EPOCH_5 = """
+import os, signal, sys
+import pytorch_lightning as pl
+from noisy_convnet import runtime
+from noisy_convnet.config import compose
+from noisy_convnet.train import run
+
+class Kill(pl.Callback):  # as a node lost at epoch 5 of 10 would, after epoch 4's checkpoint
+    def on_train_epoch_start(self, trainer, module):
+        if trainer.current_epoch == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+build = runtime.build_callbacks
+if sys.argv[1].startswith("kill:"):  # kill:trainingN: kill that training of the run
+    runtime.build_callbacks = lambda *a: build(*a) + ([Kill()] if a[1].name == sys.argv[1][5:] else [])
+run(compose(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize(
+    "q, victim",
+    [
+        ("q=learned", "training1"),
+        pytest.param("q=anchor", "training1", marks=pytest.mark.slow),
+        pytest.param("q.reg_weight=[0.5,0.2]", "training2", marks=pytest.mark.slow),
+    ],
+)
+def test_a_training_killed_at_epoch_5_resumes_there_and_ends_as_an_uninterrupted_one(tmp_path, q, victim):
+    """SIGKILL at epoch 5 of 10, then the same command: it resumes from epoch 5 (model, Q, optimiser and
+    schedule restored) and ends with the same test error and Q as a run never killed (CPU, exact). anchor
+    trains two nets (the kill lands in the first, early-stopped one); with two learned-Q candidates it
+    lands in the second, and the finished first keeps its validation NLL for the selection."""
+    import subprocess
+    import sys
+
+    def go(mode, run_dir, *extra):
+        args = ["data=digits", q, "trainer.max_epochs=10", "threads=1", "logger=none",
+                "trainer.enable_progress_bar=false", f"run_dir={run_dir}", *extra]  # fmt: skip
+        return subprocess.run([sys.executable, "-c", KILL_AT_EPOCH_5, mode, *args], capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+
+    assert go("run", tmp_path / "whole").returncode == 0
+    killed = go(f"kill:{victim}", tmp_path / "cut")
+    assert killed.returncode == -9 and not (tmp_path / "cut" / "results.json").exists()
+    assert (tmp_path / "cut" / "checkpoints" / victim / "last.ckpt").is_file()
+    resumed = go("run", tmp_path / "cut")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{victim}/last.ckpt" in resumed.stderr and not (tmp_path / "cut" / "checkpoints").exists()
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "cut"))
+    keys = ("test_error", "q_error", "Q", "epochs", "val_nll", "selection")
+    assert [a.get(k) for k in keys] == [b.get(k) for k in keys]
+    if victim == "training1":  # a killed run's checkpoints serve only the same config: another one starts anew
+        assert go(f"kill:{victim}", tmp_path / "cut2").returncode == -9
+        assert go("run", tmp_path / "cut2", "seed=1").returncode == 0
+        assert go("run", tmp_path / "fresh", "seed=1").returncode == 0
+        c, d = (json.loads((tmp_path / x / "results.json").read_text()) for x in ("cut2", "fresh"))
+        assert (c["test_error"], c["Q"]) == (d["test_error"], d["Q"])

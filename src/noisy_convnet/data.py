@@ -2,8 +2,9 @@
 index slices of them (no DataLoader workers, no host-to-device copy per batch). Augmentation (random
 translations of up to ``shift`` pixels, zero-filled) runs on the batch tensor, on the GPU when there is one.
 
-Shuffling draws from a CPU generator seeded by (seed, epoch), so the batch order, and with the rest of
-the seeding the whole run, is the same on every rerun.
+Shuffling draws from a CPU generator seeded by (seed, epoch), the Trainer's epoch when there is one, so the
+batch order, and with the rest of the seeding the whole run, is the same on every rerun, and a training
+resumed at epoch 5 sees the batches an uninterrupted one sees there.
 """
 
 from __future__ import annotations
@@ -42,17 +43,19 @@ class TensorBatches:
         shift: int = 0,
         seed: int = 0,
         channels_last: bool = False,
+        epoch_of=None,
     ):
         self.split, self.batch_size, self.shuffle, self.shift = split, batch_size, shuffle, shift
         self.mean, self.std, self.channels_last = mean, std, channels_last
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.epoch_of = seed, 0, epoch_of  # epoch_of: the Trainer's epoch, if any
 
     def __len__(self) -> int:
         return -(-len(self.split) // self.batch_size)
 
     def __iter__(self):
         n = len(self.split)
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        epoch = self.epoch if self.epoch_of is None else self.epoch_of()
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         self.epoch += 1
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         order = order.to(self.split.x.device)
@@ -99,9 +102,10 @@ class TensorDataModule(pl.LightningDataModule):
         for name, s in self.splits.items():
             on_device = Split(s.x.to(device), s.y.to(device))
             train = name == "train"
+            epoch_of = (lambda: self.trainer.current_epoch) if train and self.trainer is not None else None
             self._loaders[name] = TensorBatches(
                 on_device, self.batch_size, mean, std, shuffle=train, shift=self.shift if train else 0,
-                seed=self.seed, channels_last=self.channels_last,
+                seed=self.seed, channels_last=self.channels_last, epoch_of=epoch_of,
             )  # fmt: skip
 
     def train_dataloader(self):

@@ -152,6 +152,10 @@ def compose(
         raise UserError(f"noise.inlier_classes: {k} is outside [2, {hi}] for {ds.name} with source {source}")
     pool_in = np.flatnonzero(ds.pool.y.numpy() < k)
     if n_in is None:
+        n_avail = int((ds.pool.y.numpy() >= k).sum()) if source == "classes" else None
+        n_avail = len(external[0]) if external is not None else n_avail
+        if n_avail is not None and labelled >= n_avail:
+            raise UserError(f"noise.labelled_outliers: {labelled} is not below the {n_avail} outlier images there are")
         n_in = len(pool_in)
         if source != "photos":  # a finite set of outlier images: n_out + labelled of them are needed
             n_avail = int((ds.pool.y.numpy() >= k).sum()) if source == "classes" else len(external[0])

@@ -34,13 +34,26 @@ def method(row: pd.Series) -> str:
     return name + (" + early stopping" if row.get("early_stopping") else "")
 
 
+RUNS_FILE = "runs.jsonl"  # the report's compact copy of every record, beside the figures: redrawn from it
+
+
+def _records(root: Path):
+    """(path, text) of every results.json below root; without any, the lines of root's runs.jsonl."""
+    paths = sorted(root.rglob(RESULTS_FILE))
+    if paths:
+        return [(p, p.read_text) for p in paths]
+    runs = root / RUNS_FILE
+    lines = runs.read_text().splitlines() if runs.is_file() else []
+    return [(runs, line) for line in lines]
+
+
 def load_sweep(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     """(one row per finished run, warnings about failed, unfinished or unreadable runs)."""
     root = Path(root)
     rows, problems = [], []
-    for path in sorted(root.rglob(RESULTS_FILE)):
+    for path, text in _records(root):
         try:
-            r = json.loads(path.read_text())
+            r = json.loads(text() if callable(text) else text)
         except (ValueError, OSError) as e:  # malformed JSON, bytes that are not UTF-8, a file gone
             problems.append(f"unreadable result {path}: {e}")
             continue
@@ -59,6 +72,7 @@ def load_sweep(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
         row.update({f"cfg.{k}": v for k, v in pd.json_normalize(cfg, sep=".").iloc[0].items()} if cfg else {})
         row["run_dir"] = str(path.parent)
         row["_record"] = r
+        row["_config"] = cfg
         rows.append(row)
     for hydra_dir in sorted(root.rglob(".hydra")):
         if not (hydra_dir.parent / RESULTS_FILE).exists():
@@ -363,21 +377,27 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
 
     with_outliers = df["outlier_ratio"].notna() if "outlier_ratio" in df else pd.Series(False, index=df.index)
     flip = df[~with_outliers]
-    if len(flip) and flip["train_size"].nunique() > 1:
-        save(_curves(flip, "train_size", "level", "training size", "Fig. 2a: test error vs training size", True),
+    # the paper's curves over one kind of Q* (a sweep of several kinds, e.g. the estimators', would mix them)
+    paper = flip if len(flip) and flip["matrix"].nunique() <= 1 else flip.iloc[:0]
+    if len(paper) and paper["train_size"].nunique() > 1:
+        save(_curves(paper, "train_size", "level", "training size", "Fig. 2a: test error vs training size", True),
              "fig2a_error_vs_size")  # fmt: skip
-    if len(flip) and flip["level"].nunique() > 1:
-        save(_curves(flip, "level", "train_size", "noise level", "Fig. 2b: test error vs noise level"),
+    if len(paper) and paper["level"].nunique() > 1:
+        save(_curves(paper, "level", "train_size", "noise level", "Fig. 2b: test error vs noise level"),
              "fig2b_error_vs_level")  # fmt: skip
-    if len(_estimated(flip)) and _estimated(flip)["level"].max() > 0:
-        save(_fig2c(flip), "fig2c_q_heatmaps")
-    methods = set(flip["method"]) if len(flip) else set()
-    if {"no noise layer", "learned Q"} <= methods and flip["level"].nunique() > 1 and flip["train_size"].nunique() > 1:
-        save(_fig3(flip), "fig3_grid")
+    if len(_estimated(paper)) and _estimated(paper)["level"].max() > 0:
+        save(_fig2c(paper), "fig2c_q_heatmaps")
+    methods = set(paper["method"]) if len(paper) else set()
+    if (
+        {"no noise layer", "learned Q"} <= methods
+        and paper["level"].nunique() > 1
+        and paper["train_size"].nunique() > 1
+    ):
+        save(_fig3(paper), "fig3_grid")
     outl = df[with_outliers]
     if len(outl) and outl["outlier_ratio"].nunique() > 1:
         save(_fig4a(outl), "fig4a_outliers")
-    if len(outl) and "pr_curve" in outl["_record"].iloc[0]:
+    if len(outl) and outl["_record"].iloc[0].get("pr_curve") is not None:
         save(_fig4b(outl), "fig4b_inlier_pr")
     if len(flip) and flip["method"].nunique() > 4:  # several estimators compared on the same noisy labels
         save(_fig_estimators(flip), "estimators_error_and_q_error")
@@ -425,10 +445,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --out: '{out}' is a file; give a directory", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    flat = df.drop(columns=["_record", "_cell"])
+    flat = df.drop(columns=["_record", "_cell", "_config"])
     write_atomic(out / "results.csv", flat.to_csv(index=False))
     t = table(df)
     write_atomic(out / "results.md", markdown(t))
+    runs = [
+        {**{k: v for k, v in r.items() if k != "_cell"}, "config": c}
+        for r, c in zip(df["_record"], df["_config"], strict=True)
+    ]
+    write_atomic(out / RUNS_FILE, "".join(json.dumps(r) + "\n" for r in runs))
     paths = figures(df, out)
     if df["method"].nunique() > 4:
         flip = df[df["outlier_ratio"].isna()] if "outlier_ratio" in df else df

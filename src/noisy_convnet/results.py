@@ -50,6 +50,7 @@ class Record:
     device: str
     threads: int  # torch CPU threads (float sums, and so the numbers, depend on it)
     channels_last: bool  # the memory layout it trained in
+    provenance: dict  # the project's commit (from a checkout) and the versions of what computed it
     wall_s: float
     config: dict
     inlier_ap: float | None = None  # outlier noise: average precision of telling test inliers from outliers
@@ -66,7 +67,8 @@ class Record:
     def from_dict(cls, d: dict) -> Record:
         names = {f.name for f in fields(cls)} - {"fields"}
         known = {k: v for k, v in d.items() if k in names}
-        old = {"q_label": d.get("q", ""), "q_estimated": False, "trainings": 1, "threads": 0, "channels_last": False}
+        old = {"q_label": d.get("q", ""), "q_estimated": False, "trainings": 1, "threads": 0, "channels_last": False,
+               "provenance": {}}  # fmt: skip
         return cls(**{**old, **known},
                    fields={k: v for k, v in d.items() if k not in names})  # fmt: skip
 
@@ -82,7 +84,7 @@ def to_jsonable(x: Any) -> Any:
     if isinstance(x, np.generic):
         return x.item()
     if isinstance(x, float):
-        return round(x, 6)
+        return float(f"{x:.10g}")  # 10 significant digits: a learning rate of 1e-7 stays 1e-7
     return x
 
 
@@ -193,6 +195,22 @@ def _stored_config(run_dir: str | Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return record.get("config") if isinstance(record, dict) and isinstance(record.get("config"), dict) else None
+
+
+def claim_checkpoints(run_dir: str | Path, config: dict) -> None:
+    """A killed run's checkpoints (run_dir/checkpoints) resume only the same cell config with the same
+    input files: any others are deleted before the run trains."""
+    import shutil
+
+    ckpt = Path(run_dir) / "checkpoints"
+    stamp = json.dumps(
+        {"config": cell_config(config), "inputs": input_hashes(config.get("noise") or {})}, sort_keys=True
+    )
+    mark = ckpt / "fingerprint.json"
+    if ckpt.exists() and (not mark.is_file() or mark.read_text() != stamp):
+        shutil.rmtree(ckpt)
+    if not mark.is_file():
+        write_atomic(mark, stamp)
 
 
 def other_config(run_dir: str | Path, config: dict, defaults: dict | None = None) -> bool:

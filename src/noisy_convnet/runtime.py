@@ -9,6 +9,7 @@ clean test set (its best checkpoint with early stopping), which costs one pass o
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -26,6 +27,7 @@ from .datasets import Split
 from .errors import Diverged
 from .layers import NoiseLayer
 from .module import NoisyLabelModule
+from .results import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +62,15 @@ def _cell_name() -> str | None:
     return HydraConfig.get().job.override_dirname or None
 
 
-def build_loggers(cfg: DictConfig, run_name: str) -> list:
+def build_loggers(cfg: DictConfig, run_name: str, training: int = 1) -> list:
     """The loggers of conf/logger (several with ``logger=[csv,tensorboard]``). A W&B run is named after
-    its sweep cell, or ``run_name`` for a single run, and logs offline without a key or a network."""
+    its sweep cell, or ``run_name`` for a single run, and logs offline without a key or a network. The
+    second and later trainings of a run (an estimator's stages, candidates, folds) log to their own
+    version folder (csv/training2/...), so none erases another's metrics."""
     loggers = []
     for name, lcfg in (cfg.logger or {}).items():
+        if training > 1 and "version" in lcfg:
+            lcfg = OmegaConf.merge(lcfg, {"version": f"training{training}"})
         if "wandb" in name:
             if not wandb_online():
                 lcfg = OmegaConf.merge(lcfg, {"offline": True})
@@ -76,14 +82,17 @@ def build_loggers(cfg: DictConfig, run_name: str) -> list:
 
 
 def build_callbacks(cfg: DictConfig, checkpoints: Path, early_stopping: bool) -> list:
+    """Progress bar; a checkpoint after every epoch (last.ckpt: model, Q, optimiser and schedule, so a
+    killed or requeued training resumes where it stopped); with early stopping, the best epoch's too."""
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
     cbs = []
     if cfg.trainer.get("enable_progress_bar", True):
         cbs.append(RichProgressBar(leave=True))
-    if early_stopping:
+    if early_stopping:  # first: trainer.checkpoint_callback, whose "best" is tested
         cbs.append(EarlyStopping(monitor="val/nll", mode="min", patience=cfg.patience))
-        cbs.append(ModelCheckpoint(dirpath=checkpoints, monitor="val/nll", mode="min", save_weights_only=True))
+        cbs.append(ModelCheckpoint(dirpath=checkpoints, monitor="val/nll", mode="min", filename="best-{epoch}"))
+    cbs.append(ModelCheckpoint(dirpath=checkpoints, save_top_k=1, save_last=True))  # every epoch: last.ckpt
     return cbs
 
 
@@ -192,7 +201,7 @@ class Trainers:
             q_true=self.q_true, num_classes=self.num_classes, channels_last=self.channels_last,
         )  # fmt: skip
         checkpoints = self.run_dir / "checkpoints" / f"training{self.count}"
-        loggers = build_loggers(cfg, self.run_name)
+        loggers = build_loggers(cfg, self.run_name, self.count)
         for lg in loggers:  # a dashboard groups and filters runs by any of these keys
             lg.log_hyperparams({**self.hparams, "training": self.count})
         callbacks = build_callbacks(cfg, checkpoints, es)
@@ -202,23 +211,33 @@ class Trainers:
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))
         trainer: pl.Trainer = instantiate(
             cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(self.run_dir),
-            enable_checkpointing=es,
+            enable_checkpointing=True,
         )  # fmt: skip
+        last = checkpoints / "last.ckpt"  # a training killed or requeued half-way: resume where it stopped
+        done = checkpoints / "done.json"  # a training that had ended: its fit-time numbers, kept
+        if last.is_file():
+            log.info("training %d resumes from %s", self.count, last)
         t_fit = time.perf_counter()
-        trainer.fit(module, dm)
+        trainer.fit(module, dm, ckpt_path=str(last) if last.is_file() else None)
         fit_s = time.perf_counter() - t_fit
         epochs = trainer.current_epoch
-        _check_finite(trainer, layer, self.count)
-        val_nll = trainer.checkpoint_callback.best_model_score if es else trainer.callback_metrics.get("val/nll")
+        if done.is_file() and last.is_file():  # fit restored the end state and had nothing left to do
+            ended = json.loads(done.read_text())
+            val_nll, images_per_s = ended["val_nll"], ended["images_per_s"]
+        else:
+            _check_finite(trainer, layer, self.count)
+            score = trainer.checkpoint_callback.best_model_score if es else trainer.callback_metrics.get("val/nll")
+            val_nll, images_per_s = None if score is None else float(score), len(train) * epochs / fit_s
+            if not trainer.fast_dev_run:
+                write_atomic(done, json.dumps({"val_nll": val_nll, "images_per_s": images_per_s}))
         best = es and not trainer.fast_dev_run  # a one-batch check keeps no checkpoint
         trainer.test(module, dm, ckpt_path="best" if best else None, verbose=False)  # loads the best weights
         probs = None
         if predict is not None:
             probs = torch.cat(trainer.predict(module, dm, return_predictions=True)).cpu().double().numpy()
         finish_wandb(trainer)
-        return Training(module, epochs, None if val_nll is None else float(val_nll), len(train) * epochs / fit_s,
-                        str(trainer.strategy.root_device), module.test_results, probs,
-                        time.perf_counter() - t_start)  # fmt: skip
+        return Training(module, epochs, val_nll, images_per_s, str(trainer.strategy.root_device),
+                        module.test_results, probs, time.perf_counter() - t_start)  # fmt: skip
 
 
 def _check_finite(trainer: pl.Trainer, layer: NoiseLayer, count: int) -> None:

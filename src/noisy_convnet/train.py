@@ -57,6 +57,7 @@ def run(cfg: DictConfig) -> Record:
     if results.other_config(run_dir, resolved, config.schema_defaults()):
         raise UserError(f"run_dir: '{run_dir}' holds the results of another config; give another hydra.run.dir "
                         "(or delete that one)")  # fmt: skip
+    results.claim_checkpoints(run_dir, resolved)  # a killed run's checkpoints resume only this very config
     if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError("trainer: accelerator gpu, but this machine has no GPU that torch can use; use trainer=cpu")
     if cfg.threads:
@@ -81,7 +82,7 @@ def run(cfg: DictConfig) -> Record:
     train, val = datasets.holdout(noisy.train, cfg.data.val_fraction)
     if len(val) == 0 and (cfg.early_stopping or estimator.needs_validation()):
         raise UserError(f"data.val_fraction: {cfg.data.val_fraction} of {len(noisy.train)} images is no validation "
-                        "image, which early stopping needs; raise it")  # fmt: skip
+                        f"image, which early stopping (or q={estimator.name}) needs; raise it")  # fmt: skip
     run_name = f"{ds.name}-{noisy.noise}-{noisy.level:g}-q_{estimator.name}-s{cfg.seed}"
     hparams = {"q": estimator.name, "noise": noisy.noise, **flat(OmegaConf.to_container(cfg, resolve=True))}
     trainers = Trainers(cfg, ds.shape, noisy.test, noisy.q_true, noisy.num_classes, run_dir, run_name, hparams)
@@ -95,7 +96,7 @@ def run(cfg: DictConfig) -> Record:
         q_error=None if fitted.q is None else noise.q_error(fitted.q, noisy.q_true),
         test_error=t.test["test_error"], confusion=t.test["confusion"], val_nll=t.val_nll, epochs=t.epochs,
         trainings=trainers.count, train_images_per_s=t.images_per_s, device=t.device,
-        threads=torch.get_num_threads(), channels_last=trainers.channels_last,
+        threads=torch.get_num_threads(), channels_last=trainers.channels_last, provenance=provenance(),
         wall_s=time.perf_counter() - t_start, config=OmegaConf.to_container(cfg, resolve=True),
         inlier_ap=t.test.get("inlier_ap"), pr_curve=t.test.get("pr_curve"), fields={**noisy.extra, **fitted.fields},
     )  # fmt: skip
@@ -106,6 +107,25 @@ def run(cfg: DictConfig) -> Record:
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # early stopping's; the record is written
     log.info("test error %.4f  (results: %s)", record.test_error, path)
     return record
+
+
+def provenance() -> dict:
+    """What made these numbers: the project's git commit when run from a checkout (None otherwise), and
+    the versions of Python, torch, Lightning and Hydra."""
+    import platform
+    import subprocess
+
+    import hydra
+    import pytorch_lightning as pl
+
+    try:
+        git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=10)  # fmt: skip
+        commit = git.stdout.strip() if git.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"commit": commit, "python": platform.python_version(), "torch": torch.__version__,
+            "lightning": pl.__version__, "hydra": hydra.__version__}  # fmt: skip
 
 
 def flat(d: dict, prefix: str = "") -> dict:
