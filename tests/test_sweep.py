@@ -334,16 +334,18 @@ def test_one_bad_cell_does_not_stop_the_sweep(tmp_path):
     assert [d.parent.name for d in tmp_path.glob(f"*/{RESULTS_FILE}")] == ["data=digits,level=0.3,trainer.max_epochs=1"]
 
 
-def test_report_logs_to_wandb_offline_without_a_key(tmp_path, monkeypatch):
+def test_report_logs_to_wandb_offline_without_a_key(tmp_path):
     """report --wandb with no API key: an offline summary run holding the table and the figures."""
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
     for q in ("none", "learned"):
         for level in (0.3, 0.6):
             d = tmp_path / "sweep" / f"q={q},level={level}"
             d.mkdir(parents=True)
             (d / RESULTS_FILE).write_text(json.dumps(_fake_record(q, level, 1000, 0, 0.1 + level)))
-    assert report.main([str(tmp_path / "sweep"), "--wandb"]) == 0
+    # in its own process, as a user runs it: W&B keeps process-wide state that would reach later tests
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"} | {"HOME": str(tmp_path)}
+    p = subprocess.run([sys.executable, "-m", "noisy_convnet.report", str(tmp_path / "sweep"), "--wandb"],
+                       env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr
     (run_dir,) = (tmp_path / "sweep" / "wandb").glob("offline-run-*")
     data = next(run_dir.glob("run-*.wandb")).read_bytes()
     assert b"results" in data and b"fig2b_error_vs_level" in data
