@@ -1,0 +1,96 @@
+"""The estimators compared on the same noisy labels (make estimators-cpu): per noise setting, each
+estimator's test error (mean and sd over seeds) and q_error, paired differences of the test error against
+a reference on the same seed, a bar figure of both and Q heatmaps per estimator (Q* first).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def _setting(df: pd.DataFrame) -> pd.Series:
+    """The noise a run was trained under, as a column label: e.g. "uniform 0.5"."""
+    return df["matrix"].astype(str) + " " + df["level"].map("{:g}".format)
+
+
+def comparison(df: pd.DataFrame) -> pd.DataFrame:
+    """Per noise setting and estimator: test error (%, mean and sd over seeds, the seed count) and q_error."""
+    d = df.assign(setting=_setting(df))
+    t = d.groupby(["setting", "method"]).agg(
+        test_error=("test_error", "mean"),
+        sd=("test_error", "std"),
+        seeds=("seed", "nunique"),
+        q_error=("q_error", "mean"),
+    )
+    t[["test_error", "sd"]] = (100 * t[["test_error", "sd"]]).round(1)
+    t["q_error"] = t["q_error"].round(3)
+    return t.reset_index()
+
+
+def paired(df: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Per noise setting and estimator: the difference of its test error and ``reference``'s (a method
+    label) on the same noisy labels (same seed), in points: mean and sd over the seeds. Negative: better."""
+    d = df.assign(setting=_setting(df))
+    wide = d.pivot_table(index=["setting", "seed"], columns="method", values="test_error", aggfunc="mean")
+    if reference not in wide:
+        return pd.DataFrame()
+    diff = 100 * wide.sub(wide[reference], axis=0).drop(columns=reference)
+    long = diff.stack().rename("diff").reset_index()
+    t = long.groupby(["setting", "method"])["diff"].agg(["mean", "std", "count"]).round(1)
+    t.columns = [f"vs {reference}: mean", "sd", "seeds"]
+    return t.reset_index()
+
+
+def estimators_figure(df: pd.DataFrame):
+    import matplotlib.pyplot as plt
+
+    t = comparison(df)
+    settings, methods = sorted(t["setting"].unique()), sorted(t["method"].unique())
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    width = 0.8 / len(methods)
+    colours = plt.get_cmap("tab10")
+    for m_i, m in enumerate(methods):
+        sub = t[t["method"] == m].set_index("setting").reindex(settings)
+        x = np.arange(len(settings)) + (m_i - (len(methods) - 1) / 2) * width
+        axes[0].bar(x, sub["test_error"], width, yerr=sub["sd"].fillna(0), label=m, color=colours(m_i), capsize=2)
+        axes[1].bar(x, sub["q_error"], width, color=colours(m_i))
+    for ax, ylabel in zip(axes, ("clean test error (%), mean +- 1 sd over seeds", "q_error (mean over seeds)"),
+                          strict=True):  # fmt: skip
+        ax.set_xticks(range(len(settings)), settings)
+        ax.set_xlabel("noise (Q* kind, level)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, axis="y")
+    axes[1].legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.tight_layout()
+    return fig
+
+
+def estimator_q_heatmaps(df: pd.DataFrame):
+    """Q* then each estimator's Q (the lowest seed), one row per noise setting."""
+    import matplotlib.pyplot as plt
+
+    d = df.assign(setting=_setting(df))
+    with_q = d[d["_record"].map(lambda r: r.get("Q") is not None)]
+    settings, methods = sorted(with_q["setting"].unique()), sorted(with_q["method"].unique())
+    fig, axes = plt.subplots(len(settings), len(methods) + 1, figsize=(1.9 * (len(methods) + 1) + 0.8,
+                             1.9 * len(settings) + 0.4), squeeze=False)  # fmt: skip
+    im = None
+    for r_i, s in enumerate(settings):
+        rows = with_q[with_q["setting"] == s].sort_values("seed")
+        panels = [("Q*", rows.iloc[0]["_record"]["Q_true"])]
+        panels += [
+            (m, rows[rows["method"] == m].iloc[0]["_record"]["Q"]) for m in methods if (rows["method"] == m).any()
+        ]
+        for c_i, ax in enumerate(axes[r_i]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c_i >= len(panels):
+                ax.axis("off")
+                continue
+            name, m = panels[c_i]
+            im = ax.imshow(np.asarray(m), vmin=0, vmax=1, cmap="viridis")
+            ax.set_title(name, fontsize=7)
+        axes[r_i][0].set_ylabel(s, fontsize=8)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="q_ji = p(noisy j | true i)")
+    return fig
