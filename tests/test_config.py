@@ -110,13 +110,16 @@ def _bad_matrix_files(tmp_path):
         (["nois=flip"], "nois"),
         (["noise=outlier", "level=0.2"], "level"),
         (["hydra.mode=MULTIRUN", "q=none,sometimes", "hydra.sweep.dir=SWEEP"], "q"),
+        (["hydra.run.dir=SHAPE"], "hydra.run.dir"),  # an existing file: Hydra cannot make the directory
+        (["hydra.run.dir=SHAPE/run"], "hydra.run.dir"),
+        (["run_dir=SHAPE"], "run_dir"),
     ],
 )
 def test_bad_input_ends_with_one_line_and_no_results(tmp_path, args, key):
     shape, sums = _bad_matrix_files(tmp_path)
     args = [a.replace("SHAPE", str(shape)).replace("SUMS", str(sums)).replace("SWEEP", str(tmp_path)) for a in args]
     run_dir = tmp_path / "run"
-    p = run_cli("data=digits", *args, f"hydra.run.dir={run_dir}", "logger=none", "trainer.enable_progress_bar=false")
+    p = run_cli("data=digits", f"hydra.run.dir={run_dir}", *args, "logger=none", "trainer.enable_progress_bar=false")
     assert p.returncode == 2, p.stderr
     err = [line for line in p.stderr.splitlines() if line.strip()]
     assert len(err) == 1, p.stderr

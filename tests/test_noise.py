@@ -105,6 +105,9 @@ def test_missing_or_unreadable_matrix_file(tmp_path):
     (tmp_path / "text.csv").write_text("a,b\nc,d\n")
     with pytest.raises(UserError, match="cannot read"):
         noise.from_file(tmp_path / "text.csv", K)
+    (tmp_path / "empty.npy").write_bytes(b"")  # an empty or truncated file: the one line, not an EOFError
+    with pytest.raises(UserError, match="^noise.matrix: cannot read .*empty.npy"):
+        noise.from_file(tmp_path / "empty.npy", K)
 
 
 def test_outlier_matrix_eq8():

@@ -74,9 +74,79 @@ def test_slurm_launcher_settings_reach_submitit(tmp_path, monkeypatch):
     assert {k[len("slurm_") :] for k in seen if k.startswith("slurm_")} <= known
 
 
-def test_joblib_launcher_composes():
-    cfg = _compose("hydra/launcher=joblib", "run_dir=/tmp/unused")
-    assert "Joblib" in cfg.hydra.launcher._target_
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has stopped
+    except FileNotFoundError:
+        return False
+
+
+def test_a_joblib_sweep_trains_in_workers_that_stop_when_it_is_killed(tmp_path):
+    """hydra/launcher=joblib runs the cells at once in worker processes; a SIGKILL of the sweep (as a lost
+    login session would send) stops them within seconds instead of leaving them training for nobody, and
+    their last checkpoints stay for the rerun."""
+    sweep = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=joblib", "data=digits",
+                              "trainer.max_epochs=400", "level=0.1,0.2", "logger=none",
+                              "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path}"],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while len(list(tmp_path.glob("*/checkpoints/training1/last.ckpt"))) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        assert len(list(tmp_path.glob("*/checkpoints/training1/last.ckpt"))) == 2  # both cells training at once
+        children = subprocess.run(["pgrep", "-P", str(sweep.pid)], capture_output=True, text=True).stdout.split()
+        workers = [int(p) for p in children if "loky" in open(f"/proc/{p}/cmdline").read()]
+        assert len(workers) >= 2 and all(_alive(p) for p in workers)
+        os.kill(sweep.pid, signal.SIGKILL)  # the sweep's process only: its workers are left to notice
+        sweep.wait()
+        deadline = time.time() + 15
+        while any(_alive(p) for p in workers) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in workers)
+        assert not list(tmp_path.glob(f"*/{RESULTS_FILE}")) and len(list(tmp_path.glob("*/checkpoints"))) == 2
+    finally:
+        try:
+            os.killpg(sweep.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_a_rerun_with_a_default_spelled_out_reruns_nothing(tmp_path):
+    """A cell is found finished by its config, whatever the overrides that named it."""
+    args = [sys.executable, str(ROOT / "train.py"), "-m", "data=digits", "trainer.max_epochs=1", "q=none,fixed",
+            "logger=none", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
+    assert subprocess.run(args, cwd=ROOT, capture_output=True, timeout=300).returncode == 0
+    cells = sorted(p.name for p in tmp_path.iterdir())
+    again = subprocess.run([*args, "data.val_fraction=0.1", "seed=0"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert (again.stdout + again.stderr).count("already finished, skipped") == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == cells  # no new cell folder
+    changed = subprocess.run([*args, "data.val_fraction=0.2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "already finished" not in changed.stdout + changed.stderr  # a value that is not the default: new cells
+    assert len(list(tmp_path.glob(f"*/{RESULTS_FILE}"))) == 4
+
+
+def test_the_same_cell_started_twice_at_once_trains_once(tmp_path):
+    """Two identical runs (or sweeps) started together: the second waits for the first, then skips."""
+    args = [sys.executable, str(ROOT / "train.py"), "data=digits", "trainer.max_epochs=15", "logger=none",
+            "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    runs = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for _ in range(2)]  # fmt: skip
+    outs = [p.communicate(timeout=300)[0] for p in runs]
+    assert [p.returncode for p in runs] == [0, 0], outs
+    assert sum("already finished, skipped" in out for out in outs) == 1
+    (line,) = {ln for out in outs for ln in out.splitlines() if ln.startswith("test error")}  # the same result
+
+
+def test_a_cell_folder_name_stays_within_the_file_system_limit():
+    long = "q.reg_weight=[" + ",".join(f"{0.011 * i:.3f}" for i in range(1, 60)) + "]"
+    name = config.cell_dir(f"data=digits,{long}")
+    assert len(name.encode()) <= 255 and name == config.cell_dir(f"data=digits,{long}")  # the same cell, same folder
+    assert config.cell_dir(f"data=digits,{long[:-1]},0.9]") != name  # another cell, another folder
+    assert config.cell_dir("data=digits,level=0.3") == "data=digits,level=0.3"  # short names as Hydra makes them
 
 
 def test_joblib_cells_share_the_cores_and_the_gpu(make_cfg):

@@ -90,6 +90,34 @@ def test_balance_term_keeps_every_class_alive_at_high_noise(make_cfg, tmp_path):
     assert on.test_error <= off.test_error - 0.1
 
 
+def test_a_crash_after_training_keeps_the_trained_net_for_the_rerun(make_cfg, tmp_path, monkeypatch):
+    """A failure after the epochs (here: in testing) leaves the trained net's checkpoint and no results.json;
+    the rerun tests it without training again and records what an uncrashed run records."""
+    from noisy_convnet.module import NoisyLabelModule
+
+    steps = []
+    train_step = NoisyLabelModule.training_step
+    monkeypatch.setattr(NoisyLabelModule, "training_step", lambda self, *a: steps.append(1) or train_step(self, *a))
+    test_step = NoisyLabelModule.test_step
+
+    def broken(self, *a):
+        raise OSError("disk gone while testing")
+
+    monkeypatch.setattr(NoisyLabelModule, "test_step", broken)
+    cfg = ["q=learned", "trainer.max_epochs=3"]
+    with pytest.raises(OSError, match="disk gone"):
+        run(make_cfg(*cfg))
+    assert (tmp_path / "run" / "checkpoints" / "training1" / "last.ckpt").is_file() and steps
+    assert not (tmp_path / "run" / "results.json").exists()
+    monkeypatch.setattr(NoisyLabelModule, "test_step", test_step)
+    steps.clear()
+    resumed = run(make_cfg(*cfg))
+    assert not steps and not (tmp_path / "run" / "checkpoints").exists()  # no training step ran again
+    fresh = run(make_cfg(*cfg, run_dir=tmp_path / "fresh"))
+    assert (resumed.test_error, resumed.epochs) == (fresh.test_error, fresh.epochs)
+    np.testing.assert_array_equal(resumed.Q, fresh.Q)
+
+
 @pytest.mark.slow
 def test_reference_numbers_mnist5k_random_level_half(make_cfg, tmp_path):
     """The README's table: MNIST-5k, random Q* at 0.5, 4,000 images, seed 0, defaults (~2 minutes)."""
@@ -207,7 +235,7 @@ run(compose(sys.argv[2:]))
 @pytest.mark.parametrize(
     "q, victim",
     [
-        ("q=learned", "training1"),
+        ("q=learned model.dropout=0.3", "training1"),  # dropout: the random generators resume too
         pytest.param("q=anchor", "training1", marks=pytest.mark.slow),
         pytest.param("q.reg_weight=[0.5,0.2]", "training2", marks=pytest.mark.slow),
     ],
@@ -221,7 +249,7 @@ def test_a_training_killed_at_epoch_5_resumes_there_and_ends_as_an_uninterrupted
     import sys
 
     def go(mode, run_dir, *extra):
-        args = ["data=digits", q, "trainer.max_epochs=10", "threads=1", "logger=none",
+        args = ["data=digits", *q.split(), "trainer.max_epochs=10", "threads=1", "logger=none",
                 "trainer.enable_progress_bar=false", f"run_dir={run_dir}", *extra]  # fmt: skip
         return subprocess.run([sys.executable, "-c", KILL_AT_EPOCH_5, mode, *args], capture_output=True, text=True,
                               timeout=300)  # fmt: skip

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from .config import user_error
 from .errors import Diverged, UserError
-from .runtime import share_machine
+from .runtime import SWEEP_PID, share_machine, stop_with_sweep
 from .train import run
 
 
@@ -25,6 +25,7 @@ from .train import run
 def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     share_machine(cfg, hc.launcher, os.cpu_count() or 1)
+    stop_with_sweep(hc.launcher)
     try:
         record = run(cfg)
     except UserError as e:
@@ -47,6 +48,7 @@ def entry() -> None:
     """The console script: Hydra re-raises its composition errors (HYDRA_FULL_ERROR) so that they end in
     one line here; any other exception is a bug and keeps its traceback."""
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    os.environ[SWEEP_PID] = str(os.getpid())  # joblib's workers stop when this process is gone
     try:
         main()
     except Exception as e:

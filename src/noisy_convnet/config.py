@@ -15,6 +15,7 @@ become the same one line through ``user_error``; ``compose(overrides)`` is the P
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,26 @@ class TrainConf:
 
 ConfigStore.instance().store(name="schema", node=TrainConf)
 
+NAME_MAX = 255  # bytes in one file name on Linux and macOS file systems
+
+
+def cell_dir(name: str) -> str:
+    """A sweep cell's folder (conf/hydra/default.yaml): its overrides as Hydra joins them, with any part over
+    NAME_MAX bytes (a long list of candidates) cut short and ended by a hash of the whole part, so the same
+    cell keeps the same folder and no two cells share one."""
+    import hashlib
+
+    parts = []
+    for part in name.split("/"):
+        raw = part.encode()
+        if len(raw) > NAME_MAX:
+            part = raw[:200].decode(errors="ignore") + "..." + hashlib.sha256(raw).hexdigest()[:16]
+        parts.append(part)
+    return "/".join(parts)
+
+
+OmegaConf.register_new_resolver("cell_dir", cell_dir, replace=True)
+
 
 def schema_defaults() -> dict:
     """Every typed key's default value, as plain containers."""
@@ -107,7 +128,20 @@ def user_error(e: Exception, overrides: list[str] | tuple[str, ...] = ()) -> Use
         return UserError(f"{cause.full_key}: {str(cause.msg).splitlines()[0]}")
     if isinstance(e, (ConfigCompositionException, OverrideParseException, OmegaConfBaseException)):
         return UserError(f"overrides: {str(e).splitlines()[0]}")
+    if isinstance(e, OSError) and e.filename and _raised_by_hydra(e):  # making its output directory
+        key = "hydra.sweep.dir" if {"-m", "--multirun"} & set(overrides) else "hydra.run.dir"
+        return UserError(f"{key}: cannot make the output directory '{e.filename}' ({e.strerror}); give a "
+                         "directory that can be created and written")  # fmt: skip
     return None
+
+
+def _raised_by_hydra(e: Exception) -> bool:
+    """The error comes from Hydra's own code, not from a run of this package (whose errors are bugs)."""
+    import traceback
+
+    files = [f.filename for f in traceback.extract_tb(e.__traceback__)]
+    ours = [f for f in files if f"{os.sep}noisy_convnet{os.sep}" in f and not f.endswith(f"{os.sep}cli.py")]
+    return any(f"{os.sep}hydra{os.sep}" in f for f in files) and not ours
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path = CONF_DIR) -> DictConfig:

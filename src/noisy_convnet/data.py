@@ -2,9 +2,9 @@
 index slices of them (no DataLoader workers, no host-to-device copy per batch). Augmentation (random
 translations of up to ``shift`` pixels, zero-filled) runs on the batch tensor, on the GPU when there is one.
 
-Shuffling draws from a CPU generator seeded by (seed, epoch), the Trainer's epoch when there is one, so the
-batch order, and with the rest of the seeding the whole run, is the same on every rerun, and a training
-resumed at epoch 5 sees the batches an uninterrupted one sees there.
+Shuffling draws from a CPU generator seeded by (seed, epoch), the Trainer's epoch when there is one (image
+folders too, through their sampler), so the batch order, and with the rest of the seeding the whole run, is
+the same on every rerun, and a training resumed at epoch 5 sees the batches an uninterrupted one sees there.
 """
 
 from __future__ import annotations
@@ -27,6 +27,29 @@ def translate(x: torch.Tensor, shift: int, generator: torch.Generator) -> torch.
     cols = (torch.arange(w, device=x.device)[None, :] + off[1][:, None])[:, None, :]  # (B, 1, W)
     batch = torch.arange(b, device=x.device)[:, None, None]
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # (B, C, H, W)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of an epoch's shuffle (and shifts): a function of (seed, epoch) alone, so that a training
+    resumed at epoch 5 draws what an uninterrupted one draws there."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+class EpochShuffle(torch.utils.data.Sampler):
+    """A DataLoader's shuffled order drawn from epoch_generator; Lightning calls ``set_epoch`` before each
+    training epoch (on a resume too)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return iter(torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)).tolist())
 
 
 class TensorBatches:
@@ -55,7 +78,7 @@ class TensorBatches:
     def __iter__(self):
         n = len(self.split)
         epoch = self.epoch if self.epoch_of is None else self.epoch_of()
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        g = epoch_generator(self.seed, epoch)
         self.epoch += 1
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         order = order.to(self.split.x.device)
@@ -151,9 +174,10 @@ class FolderDataModule(pl.LightningDataModule):
         self._norm: tuple[torch.Tensor, torch.Tensor] | None = None  # (mean, std) on the training device
 
     def _loader(self, name: str, shuffle: bool):
+        split = self.splits[name]
         return torch.utils.data.DataLoader(
-            _Relabelled(self.splits[name]), batch_size=self.batch_size, shuffle=shuffle,
-            num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+            _Relabelled(split), batch_size=self.batch_size, sampler=EpochShuffle(len(split), self.seed) if shuffle
+            else None, num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.seed),
         )  # fmt: skip
 

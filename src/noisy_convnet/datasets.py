@@ -13,6 +13,7 @@ and its checks that the files exist, but skips their MD5 sums (for re-packed cop
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +122,12 @@ def _torchvision(name: str, root: str, download: bool, verify: bool) -> Dataset:
         ) from None
     except OSError as e:  # download=true without a network
         raise UserError(f"data.download: could not download {name} to '{root}' ({e}); copy the files there") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError) as e:  # a file there, not readable
+        raise UserError(
+            f"data.root: the {name} files under '{root}' are truncated or not in torchvision's format "
+            f"({type(e).__name__}: {str(e)[:120]}); get them again with data.download=true"
+            f"{'' if verify else ', or keep data.verify=true to check their MD5 sums'}"
+        ) from None
     out = []
     for ds in parts:
         x = torch.as_tensor(np.asarray(ds.data))
@@ -170,8 +177,26 @@ def _imagefolder(root: str, image_size: int) -> Dataset:
         raise UserError(f"data.root: cannot read the image folder '{root}' ({e})") from None
     if parts[0].classes != parts[1].classes:
         raise UserError(f"data.root: {root}/train and {root}/val have different class folders")
+    _check_images(parts[1].samples, f"{root}/val")
     splits = [Split(torch.arange(len(p)), torch.as_tensor(p.targets, dtype=torch.long), p) for p in parts]
     return Dataset("imagefolder", splits[0], splits[1], len(parts[0].classes), (3, image_size, image_size))
+
+
+def _check_images(samples: list[tuple[str, int]], where: str) -> None:
+    """Every test image opens and passes PIL's check, before any training: a bad one found after all the
+    epochs would cost the whole training. (A bad training image fails in the first epoch.)"""
+    from PIL import Image
+
+    bad = []
+    for path, _ in samples:
+        try:
+            with Image.open(path) as im:
+                im.verify()
+        except Exception as e:  # PIL raises many kinds for a broken file
+            bad.append(f"{path} ({type(e).__name__})")
+    if bad:
+        raise UserError(f"data.root: {len(bad)} of the test images under {where} cannot be read, e.g. {bad[0]}; "
+                        "replace or remove them")  # fmt: skip
 
 
 EMBEDDED = {"mnist5k": _mnist5k, "digits": _digits}

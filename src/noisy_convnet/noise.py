@@ -55,8 +55,8 @@ def from_file(path: str | Path, k: int) -> np.ndarray:
     try:
         q = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=2)
         q = np.asarray(q, dtype=np.float64)
-    except (ValueError, OSError) as e:
-        raise UserError(f"noise.matrix: cannot read '{path}' as a numeric matrix ({e})") from None
+    except (ValueError, OSError, EOFError) as e:  # EOFError: an empty or truncated .npy
+        raise UserError(f"noise.matrix: cannot read '{path}' as a numeric matrix ({e or 'empty file'})") from None
     check_stochastic(q, k, "noise.matrix", f"'{path}'")
     return q
 
@@ -139,13 +139,16 @@ def labels_from_file(path: str | Path, column: str | None, n: int, k: int) -> np
         elif path.suffix == ".pt":
             import torch
 
-            table = dict(torch.load(path, weights_only=False))
+            obj = torch.load(path, weights_only=False)
+            if not isinstance(obj, (dict, torch.Tensor, np.ndarray, list, tuple)):
+                raise ValueError(f"it holds a {type(obj).__name__}; a vector of labels or a dict of them is needed")
+            table = dict(obj) if isinstance(obj, dict) else {None: np.asarray(obj)}  # CIFAR-N's dict, or one vector
         else:
             import pandas as pd
 
             table = dict(pd.read_csv(path).items())
-    except (ValueError, OSError, pickle.UnpicklingError) as e:
-        raise UserError(f"noise.file: cannot read '{path}' ({e})") from None
+    except (ValueError, OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:  # RuntimeError: torch.load's
+        raise UserError(f"noise.file: cannot read '{path}' ({e or 'empty file'})") from None
     if column is None and len(table) != 1:
         raise UserError(f"noise.column: '{path}' has several columns; choose one of {', '.join(map(str, table))}")
     if column is not None and column not in table:

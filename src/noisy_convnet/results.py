@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,39 @@ def other_config(run_dir: str | Path, config: dict, defaults: dict | None = None
     if defaults is not None:
         current = _without_new_defaults(current, cell_config(stored), to_jsonable(defaults))
     return cell_config(stored) != current
+
+
+@contextmanager
+def cell_lock(run_dir: str | Path):
+    """Holds run_dir/.lock while a run computes its cell: a second process given the same cell (an identical
+    sweep started beside the first) waits here, then finds the cell finished and skips it. The lock dies
+    with its process (a killed run leaves none); POSIX locks work on NFS too."""
+    import fcntl
+    import logging
+
+    path = Path(run_dir) / ".lock"
+    with open(path, "a") as f:
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            logging.getLogger(__name__).info("another process is running %s: waiting for it", run_dir)
+            fcntl.lockf(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(f, fcntl.LOCK_UN)
+
+
+def finished_beside(run_dir: str | Path, config: dict, defaults: dict | None = None) -> tuple[Path, Record] | None:
+    """A finished cell of the same sweep with this very config in another folder (the same cell named by
+    other overrides, e.g. with a default spelled out): (its folder, its record), else None."""
+    here = Path(run_dir).resolve()
+    for path in sorted(here.parent.glob(f"*/{RESULTS_FILE}")):
+        if path.parent != here:
+            record = finished(path.parent, config, defaults)
+            if record is not None:
+                return path.parent, record
+    return None
 
 
 def finished(run_dir: str | Path, config: dict, defaults: dict | None = None) -> Record | None:

@@ -93,7 +93,23 @@ def build_callbacks(cfg: DictConfig, checkpoints: Path, early_stopping: bool) ->
         cbs.append(EarlyStopping(monitor="val/nll", mode="min", patience=cfg.patience))
         cbs.append(ModelCheckpoint(dirpath=checkpoints, monitor="val/nll", mode="min", filename="best-{epoch}"))
     cbs.append(ModelCheckpoint(dirpath=checkpoints, save_top_k=1, save_last=True))  # every epoch: last.ckpt
+    cbs.append(RngState())
     return cbs
+
+
+class RngState(pl.Callback):
+    """Saves the global random generators (torch's CPU and CUDA ones: dropout draws from them) in every
+    checkpoint and restores them on a resume: a training resumed at epoch 5 draws the dropout masks an
+    uninterrupted one draws there. (The shuffle and the shifts have their own per-epoch generators.)"""
+
+    def state_dict(self) -> dict:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        return {"torch": torch.get_rng_state(), "cuda": cuda}
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def finish_wandb(trainer: pl.Trainer) -> None:
@@ -150,6 +166,28 @@ def share_machine(cfg: DictConfig, launcher: DictConfig | dict, cores: int) -> N
         cfg.threads = max(1, cores // jobs)
     if cfg.get("gpu_fraction") is None:
         cfg.gpu_fraction = round(1.0 / jobs, 4)
+
+
+SWEEP_PID = "NOISY_CONVNET_SWEEP_PID"  # the command's process; set by cli.entry, inherited by joblib's workers
+
+
+def stop_with_sweep(launcher: DictConfig | dict, every_s: float = 1.0) -> None:
+    """In a joblib worker (a child of the sweep's process): exit as soon as the sweep's process is gone
+    (killed with SIGKILL, which joblib's workers otherwise outlive, training on for nobody). The killed
+    cell's checkpoints stay for the rerun."""
+    import threading
+
+    sweep_pid = int(os.environ.get(SWEEP_PID, "0"))
+    if joblib_jobs(launcher, 1) is None or sweep_pid in (0, os.getpid()) or os.getppid() != sweep_pid:
+        return  # not a worker of this machine's sweep (a SLURM job, or joblib running cells in-process)
+
+    def watch():
+        while os.getppid() == sweep_pid:
+            time.sleep(every_s)
+        os._exit(1)
+
+    if not any(t.name == "stop_with_sweep" for t in threading.enumerate()):
+        threading.Thread(target=watch, name="stop_with_sweep", daemon=True).start()
 
 
 @dataclass

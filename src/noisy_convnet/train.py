@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -49,11 +50,44 @@ def run(cfg: DictConfig) -> Record:
     if cfg.run_dir is None:
         cfg.run_dir = default_run_dir()
     run_dir = Path(cfg.run_dir)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    done = results.finished(run_dir, resolved, config.schema_defaults())
-    if done is not None:  # resume: this cell already ran with this very config
-        log.info("already finished, skipped: %s", run_dir / results.RESULTS_FILE)
-        return done
+    try:  # before any work: a run that cannot write its record must not train
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=run_dir).close()
+    except OSError as e:
+        raise UserError(f"run_dir: cannot write in '{run_dir}' ({e.strerror}); give a directory that can be "
+                        "created and written") from None  # fmt: skip
+    resolved, defaults = OmegaConf.to_container(cfg, resolve=True), config.schema_defaults()
+    with results.cell_lock(run_dir):  # the same cell started twice at once: the second waits, then skips
+        done = results.finished(run_dir, resolved, defaults)
+        if done is not None:  # resume: this cell already ran with this very config
+            log.info("already finished, skipped: %s", run_dir / results.RESULTS_FILE)
+            return done
+        beside = results.finished_beside(run_dir, resolved, defaults) if _in_sweep() else None
+        if beside is None:
+            threads = torch.get_num_threads()
+            try:
+                return _run(cfg, run_dir, resolved, t_start)
+            finally:  # a run's thread count must not reach later runs in this process (their float sums)
+                torch.set_num_threads(threads)
+    log.info("already finished, skipped: %s is this cell", beside[0] / results.RESULTS_FILE)
+    _remove_if_unused(run_dir)
+    return beside[1]
+
+
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _remove_if_unused(run_dir: Path) -> None:
+    """A sweep cell found finished under another name: its new folder goes if it holds only Hydra's files."""
+    if all(p.name in (".hydra", ".lock") or p.suffix == ".log" for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _run(cfg: DictConfig, run_dir: Path, resolved: dict, t_start: float) -> Record:
     if results.other_config(run_dir, resolved, config.schema_defaults()):
         raise UserError(f"run_dir: '{run_dir}' holds the results of another config; give another hydra.run.dir "
                         "(or delete that one)")  # fmt: skip
