@@ -154,6 +154,7 @@ def test_choosing_among_candidates_needs_a_validation_slice(make_cfg):
         ("q.lr=inf", "q.lr"),
         ("q.reg_weight=inf", "q.reg_weight"),
         ("q.init_flip=0", "q.init_flip"),
+        ("+trainer.enable_checkpointing=false", "trainer.enable_checkpointing"),  # was silently overridden
     ],
 )
 def test_every_user_key_is_checked_before_any_work(make_cfg, override, key):

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,7 @@ from omegaconf import open_dict
 
 from noisy_convnet import config, report, runtime
 from noisy_convnet.errors import UserError
-from noisy_convnet.results import RESULTS_FILE, Record
+from noisy_convnet.results import RESULTS_FILE, SAME_AS, Record
 from noisy_convnet.train import run
 
 from .conftest import CONF, ROOT
@@ -74,6 +75,14 @@ def test_slurm_launcher_settings_reach_submitit(tmp_path, monkeypatch):
     assert {k[len("slurm_") :] for k in seen if k.startswith("slurm_")} <= known
 
 
+def _cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -86,7 +95,8 @@ def test_a_joblib_sweep_trains_in_workers_that_stop_when_it_is_killed(tmp_path):
     """hydra/launcher=joblib runs the cells at once in worker processes; a SIGKILL of the sweep (as a lost
     login session would send) stops them within seconds instead of leaving them training for nobody, and
     their last checkpoints stay for the rerun."""
-    sweep = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=joblib", "data=digits",
+    sweep = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=joblib",
+                              "hydra.launcher.n_jobs=2", "data=digits",
                               "trainer.max_epochs=400", "level=0.1,0.2", "logger=none",
                               "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path}"],
                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -97,8 +107,8 @@ def test_a_joblib_sweep_trains_in_workers_that_stop_when_it_is_killed(tmp_path):
             time.sleep(0.2)
         assert len(list(tmp_path.glob("*/checkpoints/training1/last.ckpt"))) == 2  # both cells training at once
         children = subprocess.run(["pgrep", "-P", str(sweep.pid)], capture_output=True, text=True).stdout.split()
-        workers = [int(p) for p in children if "loky" in open(f"/proc/{p}/cmdline").read()]
-        assert len(workers) >= 2 and all(_alive(p) for p in workers)
+        workers = [int(p) for p in children if "popen_loky" in _cmdline(p)]  # not loky's resource tracker
+        assert len(workers) == 2 and all(_alive(p) for p in workers)
         os.kill(sweep.pid, signal.SIGKILL)  # the sweep's process only: its workers are left to notice
         sweep.wait()
         deadline = time.time() + 15
@@ -123,9 +133,13 @@ def test_a_rerun_with_a_default_spelled_out_reruns_nothing(tmp_path):
                            timeout=300)  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert (again.stdout + again.stderr).count("already finished, skipped") == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == cells  # no new cell folder
+    assert sorted(p.parent.name for p in tmp_path.glob(f"*/{RESULTS_FILE}")) == [c for c in cells if "q=" in c]
+    same = sorted(tmp_path.glob(f"*/{SAME_AS}"))  # the new names point at the finished cells
+    assert len(same) == 2 and {Path(json.loads(p.read_text())["results"]).parent.name for p in same} < set(cells)
+    df, problems = report.load_sweep(tmp_path)
+    assert len(df) == 2 and not problems  # the report sees each cell once, and nothing unfinished
     changed = subprocess.run([*args, "data.val_fraction=0.2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert "already finished" not in changed.stdout + changed.stderr  # a value that is not the default: new cells
+    assert changed.returncode == 0 and "already finished" not in changed.stdout + changed.stderr  # another value
     assert len(list(tmp_path.glob(f"*/{RESULTS_FILE}"))) == 4
 
 

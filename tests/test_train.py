@@ -1,6 +1,7 @@
 """A whole run: results.json and its fields, reproducibility, and the paper's claims at small scale."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -40,6 +41,9 @@ def test_cli_run_writes_results_with_every_field(tmp_path):
     assert r["threads"] >= 1 and isinstance(r["channels_last"], bool)
     assert (run_dir / "csv" / "metrics.csv").is_file()
     assert not list(run_dir.glob(".results.json.*"))  # no temporary left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (run_dir / "results.json").stat().st_mode & 0o777 == 0o666 & ~umask  # as readable as any file it writes
 
 
 def test_same_config_and_seed_give_the_same_numbers(make_cfg, tmp_path):
@@ -58,11 +62,24 @@ def test_noisy_labels_do_not_depend_on_the_q_mode(make_cfg, tmp_path):
     assert a.Q is None and a.q_error is None and b.q_error == pytest.approx(0.0, abs=1e-6)
 
 
-def test_early_stopping_keeps_the_best_model_and_may_stop_early(make_cfg, tmp_path):
-    r = run(make_cfg("q=none", "early_stopping=true", "patience=1", "trainer.max_epochs=30", "level=0.6"))
-    assert r.early_stopping is True
-    assert r.epochs < 30
-    assert r.val_nll is not None
+def test_early_stopping_keeps_the_best_model_and_may_stop_early(make_cfg, tmp_path, monkeypatch):
+    """The tested (and saved) weights are the best validation epoch's, not the last epoch's."""
+    import shutil
+
+    import torch
+
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: None)  # keep the checkpoints to compare with
+    r = run(make_cfg("q=none", "early_stopping=true", "patience=1", "trainer.max_epochs=30", "level=0.6",
+                     "save_model=true"))  # fmt: skip
+    assert r.early_stopping is True and r.epochs < 30
+    ckpts = tmp_path / "run" / "checkpoints" / "training1"
+    (best,) = ckpts.glob("best-*.ckpt")
+    best, last = (torch.load(p, weights_only=False) for p in (best, ckpts / "last.ckpt"))
+    (watch,) = [v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint") and v["monitor"]]
+    assert r.val_nll == pytest.approx(float(watch["best_model_score"]))
+    saved = torch.load(tmp_path / "run" / "model.pt")
+    assert all(torch.equal(v, best["state_dict"][f"net.{k}"]) for k, v in saved.items())
+    assert not all(torch.equal(v, last["state_dict"][f"net.{k}"]) for k, v in saved.items())
 
 
 def test_fixed_q_beats_no_noise_layer_and_learned_q_moves_toward_q_true(make_cfg, tmp_path):

@@ -139,9 +139,16 @@ def _raised_by_hydra(e: Exception) -> bool:
     """The error comes from Hydra's own code, not from a run of this package (whose errors are bugs)."""
     import traceback
 
-    files = [f.filename for f in traceback.extract_tb(e.__traceback__)]
+    frames = traceback.extract_tb(e.__traceback__)
+    files = [f.filename for f in frames]
     ours = [f for f in files if f"{os.sep}noisy_convnet{os.sep}" in f and not f.endswith(f"{os.sep}cli.py")]
-    return any(f"{os.sep}hydra{os.sep}" in f for f in files) and not ours
+    # the innermost frame makes a directory: not a cell's error re-raised from Hydra's JobReturn
+    return (
+        bool(frames)
+        and frames[-1].name in ("mkdir", "makedirs")
+        and any(f"{os.sep}hydra{os.sep}" in f for f in files)
+        and not ours
+    )
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path = CONF_DIR) -> DictConfig:
@@ -213,6 +220,12 @@ CHECKS = (
     ),  # fmt: skip
     ("optim.optimizer.lr", lambda v: _number(v) and v > 0, "a finite number > 0"),
     ("optim.optimizer.weight_decay", lambda v: v is None or _number(v) and v >= 0, "a finite number >= 0"),
+    (
+        "trainer.enable_checkpointing",
+        lambda v: v is True,
+        "true only: a killed run resumes from its checkpoints (deleted once results.json is written; "
+        "save_model=true keeps the final weights)",
+    ),  # fmt: skip
 )
 
 

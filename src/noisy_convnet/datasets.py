@@ -183,8 +183,9 @@ def _imagefolder(root: str, image_size: int) -> Dataset:
 
 
 def _check_images(samples: list[tuple[str, int]], where: str) -> None:
-    """Every test image opens and passes PIL's check, before any training: a bad one found after all the
-    epochs would cost the whole training. (A bad training image fails in the first epoch.)"""
+    """Every test image opens and passes PIL's check (its header; a PNG's checksums too), before any
+    training: a bad one found after all the epochs would cost the whole training. (A bad training image
+    fails in the first epoch; a JPEG cut short after a sound header is found only when decoded.)"""
     from PIL import Image
 
     bad = []

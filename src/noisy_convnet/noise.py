@@ -56,7 +56,7 @@ def from_file(path: str | Path, k: int) -> np.ndarray:
         q = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=2)
         q = np.asarray(q, dtype=np.float64)
     except (ValueError, OSError, EOFError) as e:  # EOFError: an empty or truncated .npy
-        raise UserError(f"noise.matrix: cannot read '{path}' as a numeric matrix ({e or 'empty file'})") from None
+        raise UserError(f"noise.matrix: cannot read '{path}' as a numeric matrix ({str(e) or 'empty file'})") from None
     check_stochastic(q, k, "noise.matrix", f"'{path}'")
     return q
 
@@ -148,7 +148,7 @@ def labels_from_file(path: str | Path, column: str | None, n: int, k: int) -> np
 
             table = dict(pd.read_csv(path).items())
     except (ValueError, OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:  # RuntimeError: torch.load's
-        raise UserError(f"noise.file: cannot read '{path}' ({e or 'empty file'})") from None
+        raise UserError(f"noise.file: cannot read '{path}' ({str(e) or 'empty file'})") from None
     if column is None and len(table) != 1:
         raise UserError(f"noise.column: '{path}' has several columns; choose one of {', '.join(map(str, table))}")
     if column is not None and column not in table:

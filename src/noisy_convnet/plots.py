@@ -28,12 +28,16 @@ def q_heatmaps(q_true: np.ndarray, q: np.ndarray | None, title: str = ""):
 
 
 def save(fig, path: str | Path, pdf: bool = False) -> None:
-    """PNG (and PDF) at 150 dpi, then close the figure."""
+    """PNG (and PDF) at 150 dpi, each written atomically, then close the figure."""
+    import io
+
+    from .results import write_atomic
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path.with_suffix(".png"), dpi=150, bbox_inches="tight")
-    if pdf:
-        fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
+    for suffix, kw in ((".png", {"dpi": 150}), *(((".pdf", {}),) if pdf else ())):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=suffix[1:], bbox_inches="tight", **kw)
+        write_atomic(path.with_suffix(suffix), buf.getvalue())
     plt.close(fig)
 
 

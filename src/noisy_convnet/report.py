@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import plots
 from .comparison import comparison, estimator_q_heatmaps, estimators_figure, paired
-from .results import RESULTS_FILE, cell_config, write_atomic
+from .results import RESULTS_FILE, SAME_AS, cell_config, write_atomic
 
 # Columns of the record that are not tables of numbers; the matrices stay in results.json.
 MATRICES = ("Q_true", "Q", "confusion", "pr_curve")
@@ -76,7 +76,7 @@ def load_sweep(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
         row["_config"] = cfg
         rows.append(row)
     for hydra_dir in sorted(root.rglob(".hydra")):
-        if not (hydra_dir.parent / RESULTS_FILE).exists():
+        if not (hydra_dir.parent / RESULTS_FILE).exists() and not (hydra_dir.parent / SAME_AS).exists():
             problems.append(f"failed or unfinished run (no {RESULTS_FILE}): {hydra_dir.parent}")
     df = pd.DataFrame(rows)
     if len(df):

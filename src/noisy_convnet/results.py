@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 RESULTS_FILE = "results.json"
+SAME_AS = "same_as.json"  # in a sweep cell's folder: this cell's results are those of another folder
 # Config keys that say where and how a run is watched, not what it computes: a finished cell is reused
 # whatever they are (a rerun may log elsewhere, or run with another launcher).
 VOLATILE = ("run_dir", "logger", "threads", "gpu_fraction", "sweep", "trainer.enable_progress_bar")
@@ -89,13 +90,19 @@ def to_jsonable(x: Any) -> Any:
     return x
 
 
-def write_atomic(path: str | Path, text: str) -> None:
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write through a temporary file in the same directory and os.replace: never a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would make it, not mkstemp's owner-only 0600
+        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -105,17 +112,12 @@ def write_atomic(path: str | Path, text: str) -> None:
 
 
 def save_array(path: str | Path, array: np.ndarray) -> None:
-    """np.save through a temporary file and os.replace: never a half-written array."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """np.save, written atomically."""
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    write_atomic(path, buf.getvalue())
 
 
 def dumps(d: dict) -> str:
@@ -231,27 +233,45 @@ def cell_lock(run_dir: str | Path):
     """Holds run_dir/.lock while a run computes its cell: a second process given the same cell (an identical
     sweep started beside the first) waits here, then finds the cell finished and skips it. The lock dies
     with its process (a killed run leaves none); POSIX locks work on NFS too."""
+    import errno
     import fcntl
     import logging
 
-    path = Path(run_dir) / ".lock"
-    with open(path, "a") as f:
+    log = logging.getLogger(__name__)
+    with open(Path(run_dir) / ".lock", "a") as f:
         try:
             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            logging.getLogger(__name__).info("another process is running %s: waiting for it", run_dir)
-            fcntl.lockf(f, fcntl.LOCK_EX)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EAGAIN):  # held by another process
+                _wait_for_lock(f, run_dir, log)
+            else:  # a file system without locks (ENOLCK): run unlocked rather than not at all
+                log.warning("cannot lock %s (%s): two identical runs started at once would both train", run_dir, e)
+        yield  # closing the file releases the lock
+
+
+def _wait_for_lock(f, run_dir: str | Path, log, every_s: float = 1.0, say_every_s: float = 600.0) -> None:
+    import fcntl
+    import time
+
+    waited = 0.0
+    while True:
+        if waited % say_every_s < every_s:  # at once, then every ten minutes: a stuck holder is seen
+            log.info("another process is running %s: waiting for it (%.0f min so far)", run_dir, waited / 60)
         try:
-            yield
-        finally:
-            fcntl.lockf(f, fcntl.LOCK_UN)
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError:
+            time.sleep(every_s)
+            waited += every_s
 
 
-def finished_beside(run_dir: str | Path, config: dict, defaults: dict | None = None) -> tuple[Path, Record] | None:
-    """A finished cell of the same sweep with this very config in another folder (the same cell named by
-    other overrides, e.g. with a default spelled out): (its folder, its record), else None."""
+def finished_beside(sweep_dir: str | Path, run_dir: str | Path, config: dict, defaults: dict | None = None
+                    ) -> tuple[Path, Record] | None:  # fmt: skip
+    """A finished cell of the sweep with this very config in another folder (the same cell named by other
+    overrides, e.g. with a default spelled out): (its folder, its record), else None. The run's own folder
+    then gets SAME_AS, which points there."""
     here = Path(run_dir).resolve()
-    for path in sorted(here.parent.glob(f"*/{RESULTS_FILE}")):
+    for path in sorted(Path(sweep_dir).glob(f"*/{RESULTS_FILE}")):
         if path.parent != here:
             record = finished(path.parent, config, defaults)
             if record is not None:

@@ -102,14 +102,19 @@ class RngState(pl.Callback):
     checkpoint and restores them on a resume: a training resumed at epoch 5 draws the dropout masks an
     uninterrupted one draws there. (The shuffle and the shifts have their own per-epoch generators.)"""
 
+    device: torch.device | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:  # before a restore
+        self.device = trainer.strategy.root_device
+
     def state_dict(self) -> dict:
-        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-        return {"torch": torch.get_rng_state(), "cuda": cuda}
+        on_gpu = self.device is not None and self.device.type == "cuda"  # only the training's GPU, if any
+        return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(self.device) if on_gpu else None}
 
     def load_state_dict(self, state: dict) -> None:
         torch.set_rng_state(state["torch"])
-        if state["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        if state.get("cuda") is not None and self.device is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], self.device)
 
 
 def finish_wandb(trainer: pl.Trainer) -> None:

@@ -13,6 +13,8 @@ Expected result with the defaults (mnist5k, random Q* at level 0.5, 4,000 images
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 import shutil
@@ -62,29 +64,29 @@ def run(cfg: DictConfig) -> Record:
         if done is not None:  # resume: this cell already ran with this very config
             log.info("already finished, skipped: %s", run_dir / results.RESULTS_FILE)
             return done
-        beside = results.finished_beside(run_dir, resolved, defaults) if _in_sweep() else None
+        sweep_dir = _sweep_dir()
+        beside = None if sweep_dir is None else results.finished_beside(sweep_dir, run_dir, resolved, defaults)
         if beside is None:
             threads = torch.get_num_threads()
             try:
                 return _run(cfg, run_dir, resolved, t_start)
             finally:  # a run's thread count must not reach later runs in this process (their float sums)
                 torch.set_num_threads(threads)
-    log.info("already finished, skipped: %s is this cell", beside[0] / results.RESULTS_FILE)
-    _remove_if_unused(run_dir)
+        log.info("already finished, skipped: %s is this cell", beside[0] / results.RESULTS_FILE)
+        results.write_atomic(run_dir / results.SAME_AS, json.dumps({"results": str(beside[0] / results.RESULTS_FILE)}))
     return beside[1]
 
 
-def _in_sweep() -> bool:
+def _sweep_dir() -> Path | None:
+    """The sweep's folder when this run is one of its cells (in a folder of its own), else None."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def _remove_if_unused(run_dir: Path) -> None:
-    """A sweep cell found finished under another name: its new folder goes if it holds only Hydra's files."""
-    if all(p.name in (".hydra", ".lock") or p.suffix == ".log" for p in run_dir.iterdir()):
-        shutil.rmtree(run_dir, ignore_errors=True)
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hc = HydraConfig.get()
+    sweep = Path(hc.sweep.dir).resolve()
+    return sweep if Path(hc.runtime.output_dir).resolve().parent == sweep else None
 
 
 def _run(cfg: DictConfig, run_dir: Path, resolved: dict, t_start: float) -> Record:
@@ -135,9 +137,11 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, t_start: float) -> Reco
         inlier_ap=t.test.get("inlier_ap"), pr_curve=t.test.get("pr_curve"), fields={**noisy.extra, **fitted.fields},
     )  # fmt: skip
     plots.save(plots.q_heatmaps(noisy.q_true, fitted.q, _title(record)), run_dir / "Q.png")
+    if cfg.save_model:  # the tested base net's weights, kept beside its record (written first: a record means both)
+        buf = io.BytesIO()
+        torch.save(t.module.net.state_dict(), buf)
+        results.write_atomic(run_dir / "model.pt", buf.getvalue())
     path = results.write(run_dir, record)
-    if cfg.save_model:  # the tested base net's weights, kept beside its record
-        torch.save(t.module.net.state_dict(), run_dir / "model.pt")
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # early stopping's; the record is written
     log.info("test error %.4f  (results: %s)", record.test_error, path)
     return record
