@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## make .venv and install the package with its dependencies (once)
 
-train: $(STAMP) ## the default run: mnist5k, random Q* at level 0.5, learned Q (36 s on 2 CPU cores, once installed)
+train: $(STAMP) ## the default run: mnist5k, random Q* at level 0.5, learned Q (28 s on 2 CPU cores, once installed)
 	$(PY) train.py
 
-test: $(STAMP) ## the test suite, slow tests left out (~5 min on 2 CPU cores)
+test: $(STAMP) ## the test suite, slow tests left out (~6 min on 2 CPU cores)
 	$(PY) -m pytest -m "not slow"
 
 test-all: $(STAMP) ## every test, the slow reproductions included

@@ -129,8 +129,9 @@ def finish_wandb(trainer: pl.Trainer) -> None:
 
 # The memory layout of a model when data.channels_last is null: channels-last for the models measured
 # faster in it with `python scripts/bench.py --model M [trainer=gpu]` (img/s channels-last / NCHW). On the
-# 2-core CPU: convnet_small 1.30, convnet_cifar 1.12. On an H100 (bf16): convnet_cifar 1.11, convnet_small
-# 0.86 (NCHW stays); resnet18 and alexnet, not measured, take the usual choice for tensor cores.
+# 2-core CPU: convnet_small 1.42 (median of six runs), convnet_cifar 1.12. On an H100 (bf16): convnet_cifar
+# 1.11, convnet_small 0.86 (NCHW stays); resnet18 and alexnet, not measured, take the usual choice for tensor
+# cores.
 CHANNELS_LAST = {
     "cpu": ("noisy_convnet.models.SmallConvNet", "noisy_convnet.models.ConvNetCifar"),
     "cuda": ("noisy_convnet.models.ConvNetCifar", "noisy_convnet.models.resnet18", "noisy_convnet.models.alexnet"),
