@@ -12,12 +12,11 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .config import user_error
 from .errors import Diverged, UserError
-from .runtime import SWEEP_PID, share_machine, stop_with_sweep
+from .runtime import SWEEP_PID, share_machine, stop_with_sweep, sweep_cell
 from .train import run
 
 
@@ -29,7 +28,7 @@ def main(cfg: DictConfig) -> float:
     try:
         record = run(cfg)
     except UserError as e:
-        if hc.mode == RunMode.MULTIRUN:  # one bad cell: say which, write nothing, let the others run
+        if sweep_cell() is not None:  # one bad cell: say which, write nothing, let the others run
             print(f"error: cell {hc.job.override_dirname or hc.job.num}: {e}", file=sys.stderr)
             return float("nan")
         _exit(e, 2)

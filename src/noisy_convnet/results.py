@@ -265,25 +265,26 @@ def _wait_for_lock(f, run_dir: str | Path, log, every_s: float = 1.0, say_every_
             waited += every_s
 
 
-def finished_beside(sweep_dir: str | Path, run_dir: str | Path, config: dict, defaults: dict | None = None
-                    ) -> tuple[Path, Record] | None:  # fmt: skip
+def finished_beside(sweep_dir: str | Path, run_dir: str | Path, config: dict, defaults: dict | None = None,
+                    inputs: dict | None = None) -> tuple[Path, Record] | None:  # fmt: skip
     """A finished cell of the sweep with this very config in another folder (the same cell named by other
     overrides, e.g. with a default spelled out): (its folder, its record), else None. The run's own folder
     then gets SAME_AS, which points there."""
     here = Path(run_dir).resolve()
     for path in sorted(Path(sweep_dir).glob(f"*/{RESULTS_FILE}")):
         if path.parent != here:
-            record = finished(path.parent, config, defaults)
+            record = finished(path.parent, config, defaults, inputs)
             if record is not None:
                 return path.parent, record
     return None
 
 
-def finished(run_dir: str | Path, config: dict, defaults: dict | None = None) -> Record | None:
+def finished(run_dir: str | Path, config: dict, defaults: dict | None = None, inputs: dict | None = None
+             ) -> Record | None:  # fmt: skip
     """The stored record if run_dir holds a results.json made with the same cell config, else None
     (no file, an unreadable one, or one from another config: the cell runs and replaces it). ``defaults``
     (the schema's) lets a cell made before an option existed count as the same when that option is at
-    its default."""
+    its default; ``inputs`` is the config's input_hashes when the caller has already read them."""
     path = Path(run_dir) / RESULTS_FILE
     try:
         record = read(path)
@@ -291,7 +292,9 @@ def finished(run_dir: str | Path, config: dict, defaults: dict | None = None) ->
         return None
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         return None
-    if record.get("input_hashes", {}) != input_hashes(config.get("noise") or {}):
+    if inputs is None:
+        inputs = input_hashes(config.get("noise") or {})
+    if record.get("input_hashes", {}) != inputs:
         return None  # an input file changed since
     stored, current = cell_config(record.get("config") or {}), cell_config(config)
     if defaults is not None:

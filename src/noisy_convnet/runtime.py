@@ -62,6 +62,17 @@ def _cell_name() -> str | None:
     return HydraConfig.get().job.override_dirname or None
 
 
+def sweep_cell():
+    """Hydra's config of this job when it is one cell of a sweep (-m), else None (a single run, or no Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    return hc if hc.mode == RunMode.MULTIRUN else None
+
+
 def build_loggers(cfg: DictConfig, run_name: str, training: int = 1) -> list:
     """The loggers of conf/logger (several with ``logger=[csv,tensorboard]``). A W&B run is named after
     its sweep cell, or ``run_name`` for a single run, and logs offline without a key or a network. The

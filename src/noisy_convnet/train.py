@@ -32,7 +32,7 @@ from .errors import UserError
 from .estimators import QEstimator
 from .noise_models import NoiseModel
 from .results import Record
-from .runtime import Trainers
+from .runtime import Trainers, sweep_cell
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,13 @@ def run(cfg: DictConfig) -> Record:
                         "created and written") from None  # fmt: skip
     resolved, defaults = OmegaConf.to_container(cfg, resolve=True), config.schema_defaults()
     with results.cell_lock(run_dir):  # the same cell started twice at once: the second waits, then skips
-        done = results.finished(run_dir, resolved, defaults)
+        inputs = results.input_hashes(resolved.get("noise") or {})  # read once for every cell compared
+        done = results.finished(run_dir, resolved, defaults, inputs)
         if done is not None:  # resume: this cell already ran with this very config
             log.info("already finished, skipped: %s", run_dir / results.RESULTS_FILE)
             return done
         sweep_dir = _sweep_dir()
-        beside = None if sweep_dir is None else results.finished_beside(sweep_dir, run_dir, resolved, defaults)
+        beside = None if sweep_dir is None else results.finished_beside(sweep_dir, run_dir, resolved, defaults, inputs)
         if beside is None:
             threads = torch.get_num_threads()
             try:
@@ -79,12 +80,9 @@ def run(cfg: DictConfig) -> Record:
 
 def _sweep_dir() -> Path | None:
     """The sweep's folder when this run is one of its cells (in a folder of its own), else None."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    hc = sweep_cell()
+    if hc is None:
         return None
-    hc = HydraConfig.get()
     sweep = Path(hc.sweep.dir).resolve()
     return sweep if Path(hc.runtime.output_dir).resolve().parent == sweep else None
 
