@@ -32,9 +32,9 @@ class ConfusionQ(QEstimator):
 
     def fit(self, noisy, train, val, trainers) -> Fitted:
         k = self.outputs(noisy)
-        plain = trainers.fit(NoiseLayer(k), train, val, early_stopping=True, predict=train)
+        plain = trainers.fit(NoiseLayer(k), train, val, early_stopping=True, predict=train, stage="plain")  # shared
         counts = np.full((k, k), self.smoothing)
         np.add.at(counts, (train.y.numpy(), plain.probs.argmax(axis=1)), 1.0)  # rows: noisy label, cols: predicted
         q_hat = counts / counts.sum(axis=0, keepdims=True)
         forward = trainers.fit(FixedNoiseLayer(q_hat), train, val)
-        return Fitted(forward, q_hat, {"plain_test_error": plain.test["test_error"]})
+        return Fitted(forward, q_hat, {"plain_test_error": plain.test.test_error})

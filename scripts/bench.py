@@ -6,7 +6,7 @@ of a learned Q, and N single-thread processes at once (how a CPU sweep runs its 
 Trains the same model on the same in-memory data (random uint8 tensors of the given shape: a speed test
 needs no real images) for a fixed number of steps and prints one JSON line:
   channels_last           the layout a run of this config uses (data.channels_last, or the default
-                          runtime.channels_last picks for this device and model)
+                          devices.channels_last picks for this device and model)
   framework_images_per_s  the real path in that layout: the composed config, TensorDataModule,
                           NoisyLabelModule and a Lightning Trainer, as train.py builds them (q=none)
   other_layout_images_per_s  the same in the other layout (NCHW <-> channels-last)
@@ -36,9 +36,9 @@ from hydra.utils import instantiate
 from noisy_convnet.config import compose
 from noisy_convnet.data import TensorDataModule
 from noisy_convnet.datasets import Split
+from noisy_convnet.devices import channels_last
 from noisy_convnet.layers import NoiseLayer
 from noisy_convnet.module import NoisyLabelModule
-from noisy_convnet.runtime import channels_last
 
 
 class StepTimer(pl.Callback):

@@ -11,6 +11,13 @@ from noisy_convnet.layers import FixedNoiseLayer, LearnedNoiseLayer, NoiseLayer,
 K = 5
 
 
+def learned(k, **kw):
+    """A LearnedNoiseLayer with every term off unless given (the layer takes no defaults of its own)."""
+    off = {"param": "softmax", "init_flip": 0.5, "lr": None, "reg_weight": 0.0, "warmup_epochs": 0,
+           "regulariser": "ridge", "balance_weight": 0.0}  # fmt: skip
+    return LearnedNoiseLayer(k, **(off | kw))
+
+
 def test_fixed_identity_equals_cross_entropy():
     torch.manual_seed(0)
     logits, y = torch.randn(64, K), torch.randint(0, K, (64,))
@@ -33,7 +40,7 @@ def test_zeros_in_q_and_saturated_softmax_give_finite_loss_and_gradients():
     q = torch.eye(K)
     q[:, 0] = 0.0
     q[0, 0] = 1.0  # plenty of exact zeros
-    layer = LearnedNoiseLayer(K, param="projected")
+    layer = learned(K, param="projected")
     with torch.no_grad():
         layer.weight.copy_(q)
     logits = torch.tensor([[1000.0, -1000, -1000, -1000, -1000]] * 4, requires_grad=True)
@@ -65,14 +72,14 @@ def test_projection_is_the_nearest_point():
 
 @pytest.mark.parametrize("param", ["softmax", "projected"])
 def test_learned_q_starts_near_identity_and_stays_stochastic(param):
-    layer = LearnedNoiseLayer(K, param=param, init_flip=0.01)
+    layer = learned(K, param=param, init_flip=0.01)
     q = layer.q().detach()
     torch.testing.assert_close(q.sum(0), torch.ones(K))
     assert torch.diagonal(q).min() == pytest.approx(0.99, abs=1e-6)
 
 
 def test_trace_regulariser_lowers_the_diagonal():
-    layer = LearnedNoiseLayer(K, reg_weight=1.0, lr=0.1, regulariser="trace")
+    layer = learned(K, reg_weight=1.0, lr=0.1, regulariser="trace")
     opt = torch.optim.Adam(layer.parameters(), lr=0.1)
     for _ in range(60):
         opt.zero_grad()
@@ -87,14 +94,14 @@ def test_ridge_regulariser_is_the_same_for_every_relabelling_and_lowest_at_unifo
     q_true = torch.as_tensor(noise.random(K, 0.5, np.random.default_rng(0)), dtype=torch.float32)
     perm = torch.randperm(K, generator=torch.Generator().manual_seed(0))
     for kind in ("ridge", "trace"):
-        a = LearnedNoiseLayer(K, reg_weight=1.0, regulariser=kind)
-        b = LearnedNoiseLayer(K, reg_weight=1.0, regulariser=kind)
+        a = learned(K, reg_weight=1.0, regulariser=kind)
+        b = learned(K, reg_weight=1.0, regulariser=kind)
         with torch.no_grad():
             a.weight.copy_(torch.log(q_true))
             b.weight.copy_(torch.log(q_true[:, perm]))
         same = torch.isclose(a.regulariser(), b.regulariser(), atol=1e-6)
         assert bool(same) == (kind == "ridge")
-    layer = LearnedNoiseLayer(K, reg_weight=1.0, regulariser="ridge", init_flip=0.5)
+    layer = learned(K, reg_weight=1.0, regulariser="ridge", init_flip=0.5)
     opt = torch.optim.Adam(layer.parameters(), lr=0.1)
     for _ in range(200):
         opt.zero_grad()
@@ -117,16 +124,16 @@ def test_balance_is_zero_when_classes_are_used_equally_and_log_k_when_one_takes_
 def test_balance_enters_the_regulariser_of_a_learned_q_only():
     logits = torch.zeros(8, K)
     logits[:, 0] = 10.0
-    learned = LearnedNoiseLayer(K, reg_weight=0.0, balance_weight=2.0)
-    assert float(learned.regulariser(logits)) == pytest.approx(2.0 * float(balance(logits)), abs=1e-6)
-    assert float(learned.regulariser()) == 0.0  # no logits, no balance term
+    layer = learned(K, reg_weight=0.0, balance_weight=2.0)
+    assert float(layer.regulariser(logits)) == pytest.approx(2.0 * float(balance(logits)), abs=1e-6)
+    assert float(layer.regulariser()) == 0.0  # no logits, no balance term
     assert float(FixedNoiseLayer(np.eye(K)).regulariser(logits)) == 0.0
 
 
 def test_frozen_q_gets_no_gradient():
     y = torch.randint(0, K, (8,))
     for frozen in (True, False):
-        layer = LearnedNoiseLayer(K, reg_weight=1.0)
+        layer = learned(K, reg_weight=1.0)
         layer.frozen = frozen
         logits = torch.randn(8, K, requires_grad=True)
         (layer.nll(logits, y) + layer.regulariser()).backward()
@@ -148,7 +155,7 @@ def test_learned_q_moves_toward_q_true_when_the_base_model_is_right(param, opt_c
     y = np.repeat(np.arange(K), 400)
     y_noisy = torch.as_tensor(noise.corrupt(y, q_true, rng))
     logits = 20.0 * F.one_hot(torch.as_tensor(y), K).float()
-    layer = LearnedNoiseLayer(K, param=param, init_flip=0.01)
+    layer = learned(K, param=param, init_flip=0.01)
     opt = opt_cls(layer.parameters(), lr=lr)
     start = noise.q_error(layer.q().detach().numpy(), q_true)
     for _ in range(300):

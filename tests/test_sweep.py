@@ -15,12 +15,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from noisy_convnet import config, report, runtime
+from noisy_convnet import config, identity, launch, report
 from noisy_convnet.errors import UserError
-from noisy_convnet.results import RESULTS_FILE, SAME_AS, Record
+from noisy_convnet.record import RESULTS_FILE, SAME_AS, Record
 from noisy_convnet.train import run
 
-from .conftest import CONF, ROOT
+from .conftest import CONF, ROOT, run_cli
 
 
 def _compose(*overrides):
@@ -123,19 +123,28 @@ def test_a_joblib_sweep_trains_in_workers_that_stop_when_it_is_killed(tmp_path):
             pass
 
 
-def test_a_rerun_with_a_default_spelled_out_reruns_nothing(tmp_path):
-    """A cell is found finished by its config, whatever the overrides that named it."""
+def test_a_rerun_with_a_default_spelled_out_reruns_nothing(tmp_path_factory):
+    """A cell is found finished by its config, whatever the overrides that named it; a value holding a path
+    (a noise matrix file) names one folder, not nested ones."""
+    from noisy_convnet import noise
+
+    tmp_path, files = tmp_path_factory.mktemp("sweep"), tmp_path_factory.mktemp("files")
+    np.save(files / "Q.npy", noise.uniform(10, 0.3))
     args = [sys.executable, str(ROOT / "train.py"), "-m", "data=digits", "trainer.max_epochs=1", "q=none,fixed",
-            "logger=none", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
-    assert subprocess.run(args, cwd=ROOT, capture_output=True, timeout=300).returncode == 0
-    cells = sorted(p.name for p in tmp_path.iterdir())
+            f"noise.matrix={files / 'Q.npy'}", "logger=none", "trainer.enable_progress_bar=false",
+            f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
+    first = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    cells = sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and p.name != "stages")
+    assert len(cells) == 2 and all((tmp_path / c / RESULTS_FILE).is_file() for c in cells)  # no nested folders
+    assert all("noise.matrix=%2F" in c for c in cells)
     again = subprocess.run([*args, "data.val_fraction=0.1", "seed=0"], cwd=ROOT, capture_output=True, text=True,
                            timeout=300)  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert (again.stdout + again.stderr).count("already finished, skipped") == 2
-    assert sorted(p.parent.name for p in tmp_path.glob(f"*/{RESULTS_FILE}")) == [c for c in cells if "q=" in c]
+    assert sorted(p.parent.name for p in tmp_path.glob(f"*/{RESULTS_FILE}")) == cells
     same = sorted(tmp_path.glob(f"*/{SAME_AS}"))  # the new names point at the finished cells
-    assert len(same) == 2 and {Path(json.loads(p.read_text())["results"]).parent.name for p in same} < set(cells)
+    assert len(same) == 2 and {Path(json.loads(p.read_text())["results"]).parent.name for p in same} == set(cells)
     df, problems = report.load_sweep(tmp_path)
     assert len(df) == 2 and not problems  # the report sees each cell once, and nothing unfinished
     changed = subprocess.run([*args, "data.val_fraction=0.2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -157,24 +166,24 @@ def test_the_same_cell_started_twice_at_once_trains_once(tmp_path):
 
 def test_a_cell_folder_name_stays_within_the_file_system_limit():
     long = "q.reg_weight=[" + ",".join(f"{0.011 * i:.3f}" for i in range(1, 60)) + "]"
-    name = config.cell_dir(f"data=digits,{long}")
-    assert len(name.encode()) <= 255 and name == config.cell_dir(f"data=digits,{long}")  # the same cell, same folder
-    assert config.cell_dir(f"data=digits,{long[:-1]},0.9]") != name  # another cell, another folder
-    assert config.cell_dir("data=digits,level=0.3") == "data=digits,level=0.3"  # short names as Hydra makes them
+    name = identity.cell_dir(f"data=digits,{long}")
+    assert len(name.encode()) <= 255 and name == identity.cell_dir(f"data=digits,{long}")  # the same cell, same folder
+    assert identity.cell_dir(f"data=digits,{long[:-1]},0.9]") != name  # another cell, another folder
+    assert identity.cell_dir("data=digits,level=0.3") == "data=digits,level=0.3"  # short names as Hydra makes them
 
 
 def test_joblib_cells_share_the_cores_and_the_gpu(make_cfg):
     joblib = _compose("hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "run_dir=/tmp/unused").hydra.launcher
     cfg = make_cfg()
-    runtime.share_machine(cfg, joblib, cores=16)
+    launch.share_machine(cfg, joblib, cores=16)
     assert (cfg.threads, cfg.gpu_fraction) == (4, 0.25)
     cfg = make_cfg("threads=2", "gpu_fraction=0.5")  # what the user set stays
-    runtime.share_machine(cfg, joblib, cores=16)
+    launch.share_machine(cfg, joblib, cores=16)
     assert (cfg.threads, cfg.gpu_fraction) == (2, 0.5)
     cfg = make_cfg()
-    runtime.share_machine(cfg, {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, cores=16)
+    launch.share_machine(cfg, {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, cores=16)
     assert (cfg.threads, cfg.gpu_fraction) == (None, None)
-    assert runtime.joblib_jobs({"_target_": "JoblibLauncher", "n_jobs": -1}, cores=2) == 2
+    assert launch.joblib_jobs({"_target_": "JoblibLauncher", "n_jobs": -1}, cores=2) == 2
 
 
 def test_a_gpu_fraction_reaches_torch(make_cfg, monkeypatch):
@@ -363,10 +372,10 @@ def test_report_compares_estimators_with_paired_differences(tmp_path):
     t = report.comparison(df).set_index(["setting", "method"])
     assert t.loc[("pair 0.5", "anchor"), "test_error"] == pytest.approx(100 * (0.20 + 0.02 + 0.05))
     assert t.loc[("pair 0.5", "anchor"), "seeds"] == 3 and t.loc[("pair 0.5", "anchor"), "sd"] == pytest.approx(2.0)
-    p = report.paired(df, "fixed Q*").set_index(["setting", "method"])
+    p = report.paired(df, "fixed").set_index(["setting", "method"])
     assert p.loc[("uniform 0.5", "volmin"), "vs fixed Q*: mean"] == pytest.approx(2.0)
     assert p.loc[("uniform 0.5", "volmin"), "sd"] == pytest.approx(0.0, abs=1e-9)
-    p = report.paired(df, "no noise layer + early stopping").set_index(["setting", "method"])
+    p = report.paired(df, "none+es").set_index(["setting", "method"])
     assert p.loc[("uniform 0.5", "learned"), "vs no noise layer + early stopping: mean"] == pytest.approx(-15.0)
     assert "vs fixed Q*" in (tmp_path / "out" / "comparison.md").read_text()
     for name in ("estimators_error_and_q_error", "estimators_q_heatmaps"):
@@ -433,3 +442,23 @@ def test_report_logs_to_wandb_offline_without_a_key(tmp_path):
     (run_dir,) = (tmp_path / "sweep" / "wandb").glob("offline-run-*")
     data = next(run_dir.glob("run-*.wandb")).read_bytes()
     assert b"results" in data and b"fig2b_error_vs_level" in data
+
+
+def test_the_plain_net_is_trained_once_for_none_early_stopped_anchor_and_dualt(tmp_path):
+    """anchor and dualt run at once (joblib) and need the same early-stopped plain net: one trains it, the
+    other waits and reuses it, and so does none + early stopping, in a second command into the same sweep."""
+    base = ["-m", "data=digits", "trainer.max_epochs=3", "logger=none", "trainer.enable_progress_bar=false",
+            f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
+    both = run_cli(*base, "q=anchor,dualt", "hydra/launcher=joblib")
+    assert both.returncode == 0, both.stderr
+    alone = run_cli(*base, "q=none", "early_stopping=true")
+    assert alone.returncode == 0, alone.stderr
+    records = {r["q"]: r for r in (json.loads(p.read_text()) for p in tmp_path.glob(f"*/{RESULTS_FILE}"))}
+    stages = [s for r in records.values() for s in r["stages"]]
+    assert sorted(records) == ["anchor", "dualt", "none"] and len(stages) == 3
+    assert len({s["key"] for s in stages}) == 1 and sum(s["trained"] for s in stages) == 1
+    assert sum(r["trainings"] for r in records.values()) == 3  # the plain net once, two forward trainings
+    assert (
+        records["anchor"]["plain_test_error"] == records["dualt"]["plain_test_error"] == records["none"]["test_error"]
+    )
+    assert len(list((tmp_path / "stages").glob("plain-*/stage.pt"))) == 1

@@ -72,7 +72,7 @@ def test_early_stopping_keeps_the_best_model_and_may_stop_early(make_cfg, tmp_pa
     r = run(make_cfg("q=none", "early_stopping=true", "patience=1", "trainer.max_epochs=30", "level=0.6",
                      "save_model=true"))  # fmt: skip
     assert r.early_stopping is True and r.epochs < 30
-    ckpts = tmp_path / "run" / "checkpoints" / "training1"
+    (ckpts,) = (tmp_path / "run" / "stages").glob("plain-*/checkpoints")  # the shared early-stopped plain net
     (best,) = ckpts.glob("best-*.ckpt")
     best, last = (torch.load(p, weights_only=False) for p in (best, ckpts / "last.ckpt"))
     (watch,) = [v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint") and v["monitor"]]
@@ -233,7 +233,7 @@ def test_every_logger_gets_the_config_and_the_learning_rate(make_cfg, tmp_path, 
 KILL_AT_EPOCH_5 = """
 import os, signal, sys
 import pytorch_lightning as pl
-from noisy_convnet import runtime
+from noisy_convnet import factory
 from noisy_convnet.config import compose
 from noisy_convnet.train import run
 
@@ -242,9 +242,10 @@ class Kill(pl.Callback):  # as a node lost at epoch 5 of 10 would, after epoch 4
         if trainer.current_epoch == 5:
             os.kill(os.getpid(), signal.SIGKILL)
 
-build = runtime.build_callbacks
-if sys.argv[1].startswith("kill:"):  # kill:trainingN: kill that training of the run
-    runtime.build_callbacks = lambda *a: build(*a) + ([Kill()] if a[1].name == sys.argv[1][5:] else [])
+build = factory.build_callbacks
+if sys.argv[1].startswith("kill:"):  # kill:trainingN (a training of the run) or kill:plain (a shared stage)
+    hit = lambda path: any(part.startswith(sys.argv[1][5:]) for part in path.parts[-2:])
+    factory.build_callbacks = lambda *a: build(*a) + ([Kill()] if hit(a[1]) else [])
 run(compose(sys.argv[2:]))
 """
 
@@ -253,15 +254,16 @@ run(compose(sys.argv[2:]))
     "q, victim",
     [
         ("q=learned model.dropout=0.3", "training1"),  # dropout: the random generators resume too
-        pytest.param("q=anchor", "training1", marks=pytest.mark.slow),
+        pytest.param("q=anchor", "plain", marks=pytest.mark.slow),
         pytest.param("q.reg_weight=[0.5,0.2]", "training2", marks=pytest.mark.slow),
     ],
 )
 def test_a_training_killed_at_epoch_5_resumes_there_and_ends_as_an_uninterrupted_one(tmp_path, q, victim):
     """SIGKILL at epoch 5 of 10, then the same command: it resumes from epoch 5 (model, Q, optimiser and
     schedule restored) and ends with the same test error and Q as a run never killed (CPU, exact). anchor
-    trains two nets (the kill lands in the first, early-stopped one); with two learned-Q candidates it
-    lands in the second, and the finished first keeps its validation NLL for the selection."""
+    trains two nets (the kill lands in the first, the early-stopped plain net, a shared stage with its
+    checkpoints in its stage folder); with two learned-Q candidates it lands in the second, and the
+    finished first keeps its validation NLL for the selection."""
     import subprocess
     import sys
 
@@ -274,10 +276,11 @@ def test_a_training_killed_at_epoch_5_resumes_there_and_ends_as_an_uninterrupted
     assert go("run", tmp_path / "whole").returncode == 0
     killed = go(f"kill:{victim}", tmp_path / "cut")
     assert killed.returncode == -9 and not (tmp_path / "cut" / "results.json").exists()
-    assert (tmp_path / "cut" / "checkpoints" / victim / "last.ckpt").is_file()
+    (last,) = [p for p in (tmp_path / "cut").rglob("last.ckpt") if victim in str(p.relative_to(tmp_path))]
     resumed = go("run", tmp_path / "cut")
     assert resumed.returncode == 0, resumed.stderr
-    assert f"{victim}/last.ckpt" in resumed.stderr and not (tmp_path / "cut" / "checkpoints").exists()
+    assert str(last) in resumed.stderr  # restored from there
+    assert not list((tmp_path / "cut").rglob("*.ckpt"))  # a finished run keeps no checkpoint
     a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "cut"))
     keys = ("test_error", "q_error", "Q", "epochs", "val_nll", "selection")
     assert [a.get(k) for k in keys] == [b.get(k) for k in keys]

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from .config import user_error
 from .errors import Diverged, UserError
-from .runtime import SWEEP_PID, share_machine, stop_with_sweep, sweep_cell
+from .launch import SWEEP_PID, share_machine, stop_with_sweep, sweep_cell
 from .train import run
 
 

@@ -29,8 +29,12 @@ def comparison(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired(df: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """Per noise setting and estimator: the difference of its test error and ``reference``'s (a method
-    label) on the same noisy labels (same seed), in points: mean and sd over the seeds. Negative: better."""
+    """Per noise setting and estimator: the difference of its test error and ``reference``'s (a curve of
+    report.curve: "fixed", "none+es") on the same noisy labels (same seed), in points: mean and sd over the
+    seeds. Negative: better."""
+    if not (df["curve"] == reference).any():
+        return pd.DataFrame()
+    reference = df.loc[df["curve"] == reference, "method"].iloc[0]  # its label names the table's column
     d = df.assign(setting=_setting(df))
     wide = d.pivot_table(index=["setting", "seed"], columns="method", values="test_error", aggfunc="mean")
     if reference not in wide:

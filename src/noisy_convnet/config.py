@@ -31,7 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from . import datasets
+from . import datasets, identity  # noqa: F401  (identity registers the cell_dir resolvers)
 from .errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package
@@ -46,7 +46,7 @@ class DataConf:
     val_fraction: float = 0.1  # share of train_size held out as a noisy validation slice; 0 = none
     batch_size: int = 128
     shift: int = 0  # augmentation: random translation by up to this many pixels; 0 = off (the paper's protocol)
-    channels_last: bool | None = None  # memory layout; None: per device and model (runtime.channels_last)
+    channels_last: bool | None = None  # memory layout; None: per device and model (devices.channels_last)
     # torchvision data sets only
     root: str | None = None  # where the files are (or go, with download); None: ./data (required for imagefolder)
     download: bool = False
@@ -77,26 +77,6 @@ class TrainConf:
 
 
 ConfigStore.instance().store(name="schema", node=TrainConf)
-
-NAME_MAX = 255  # bytes in one file name on Linux and macOS file systems
-
-
-def cell_dir(name: str) -> str:
-    """A sweep cell's folder (conf/hydra/default.yaml): its overrides as Hydra joins them, with any part over
-    NAME_MAX bytes (a long list of candidates) cut short and ended by a hash of the whole part, so the same
-    cell keeps the same folder and no two cells share one."""
-    import hashlib
-
-    parts = []
-    for part in name.split("/"):
-        raw = part.encode()
-        if len(raw) > NAME_MAX:
-            part = raw[:200].decode(errors="ignore") + "..." + hashlib.sha256(raw).hexdigest()[:16]
-        parts.append(part)
-    return "/".join(parts)
-
-
-OmegaConf.register_new_resolver("cell_dir", cell_dir, replace=True)
 
 
 def schema_defaults() -> dict:

@@ -100,12 +100,12 @@ class TensorDataModule(pl.LightningDataModule):
         train: Split,
         val: Split,
         test: Split,
-        batch_size: int = 128,
-        shift: int = 2,
-        seed: int = 0,
+        batch_size: int,
+        shift: int,
+        seed: int,
         channels_last: bool = False,
         predict: Split | None = None,
-    ):
+    ):  # batch_size and shift: their one home is the schema (config.DataConf)
         super().__init__()
         self.splits = {"train": train, "val": val, "test": test}
         if predict is not None:  # images to predict on (an estimator's p(noisy | x)), in their order
@@ -164,8 +164,17 @@ class FolderDataModule(pl.LightningDataModule):
 
     MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-    def __init__(self, train: Split, val: Split, test: Split, batch_size: int = 128, num_workers: int = 4,
-                 seed: int = 0, channels_last: bool = False, predict: Split | None = None):  # fmt: skip
+    def __init__(
+        self,
+        train: Split,
+        val: Split,
+        test: Split,
+        batch_size: int,
+        num_workers: int,
+        seed: int,
+        channels_last: bool = False,
+        predict: Split | None = None,
+    ):  # fmt: skip  (one home: config.DataConf)
         super().__init__()
         self.splits = {"train": train, "val": val, "test": test}
         if predict is not None:

@@ -8,8 +8,11 @@ The interface, all an estimator of one's own needs (a subclass, and ``q._target_
   needs_validation()    -- the key that needs a validation slice, or None
   check(noise_model)    -- refuse a noise model it cannot handle (UserError), before any data is loaded
   fit(noisy, train, val, trainers) -> Fitted
-                        -- trains through ``trainers.fit(layer, train, val)`` as often as it needs and
-                           returns the training to test, the Q it ended with and its own record fields.
+                        -- trains through ``trainers.fit(layer, train, val, ...)`` (factory.py: warm starts,
+                           p(noisy | x) and features on given images, shared stages) as often as it needs,
+                           knows the run through ``trainers.context`` (seed, epoch budget, early stopping,
+                           artifacts folder), and returns the training to test, the Q it ended with and its
+                           own record fields.
 The constructor takes the estimator's keys from its YAML file (their one home) and checks them: a bad value
 is a ``UserError`` naming ``q.<key>``, raised when ``config.validate`` builds it, before any data is loaded.
 
@@ -34,12 +37,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import noise, results
+from . import noise
 from .datasets import Split
 from .errors import Diverged, UserError
+from .factory import Trainers, Training
+from .files import save_array
 from .layers import PARAMS, REGULARISERS, FixedNoiseLayer, LearnedNoiseLayer, NoiseLayer, VolMinNoiseLayer
 from .noise_models import NoisyData
-from .runtime import Trainers, Training
+
+# The shared first stage: the plain net (no noise layer) early-stopped on the noisy validation slice. With
+# the same noisy labels, seed, network and protocol, it is trained once for none + early stopping, anchor
+# and dualt (and every estimator that asks for it by this name) and reused (factory.py, stages.py).
+PLAIN = "plain"
 
 
 @dataclass
@@ -79,7 +88,8 @@ class NoQ(QEstimator):
         return noisy.num_classes  # a K-output net has no class for labelled outliers
 
     def fit(self, noisy, train, val, trainers) -> Fitted:
-        return Fitted(trainers.fit(NoiseLayer(self.outputs(noisy)), train, val), None)
+        stage = PLAIN if trainers.context.early_stopping else None  # early-stopped: the shared plain net
+        return Fitted(trainers.fit(NoiseLayer(self.outputs(noisy)), train, val, stage=stage), None)
 
 
 class FixedQ(QEstimator):
@@ -143,7 +153,7 @@ class LearnedQ(QEstimator):
                                  warmup_epochs=self.warmup_epochs, **values)  # fmt: skip
 
     def fit(self, noisy, train, val, trainers) -> Fitted:
-        k, epochs = self.outputs(noisy), trainers.cfg.trainer.max_epochs
+        k, epochs = self.outputs(noisy), trainers.context.max_epochs
         if self.warmup_epochs >= epochs:
             raise UserError(f"q.warmup_epochs: {self.warmup_epochs} would keep Q frozen for all {epochs} epochs")
         runs, diverged = [], []
@@ -162,7 +172,7 @@ class LearnedQ(QEstimator):
             len(runs) + len(diverged) > 1
         ):  # what the selection saw (the test errors are for the record, not used to choose)
             fields["selection"] = [
-                {**c, "val_nll": t.val_nll, "test_error": t.test["test_error"],
+                {**c, "val_nll": t.val_nll, "test_error": t.test.test_error,
                  "q_error": noise.q_error(self.q_of(t), noisy.q_true)}
                 for c, t in runs
             ] + [{**c, "diverged": True} for c in diverged]  # fmt: skip
@@ -246,17 +256,19 @@ class _ForwardCorrection(_KClasses):
     def estimate(self, k: int, train: Split, val: Split, trainers: Trainers) -> tuple[np.ndarray, np.ndarray, dict]:
         raise NotImplementedError
 
-    def plain(self, k: int, train: Split, val: Split, trainers: Trainers, predict: Split) -> Training:
-        """A plain net early-stopped on the noisy validation slice, with p(noisy | x) on ``predict``."""
-        return trainers.fit(NoiseLayer(k), train, val, early_stopping=True, predict=predict)
+    def plain(self, k: int, train: Split, val: Split, trainers: Trainers, predict: Split,
+              stage: str | None = PLAIN) -> Training:  # fmt: skip
+        """A plain net early-stopped on the noisy validation slice (the shared stage when trained on the
+        whole training part), with p(noisy | x) on ``predict``."""
+        return trainers.fit(NoiseLayer(k), train, val, early_stopping=True, predict=predict, stage=stage)
 
     def fit(self, noisy, train, val, trainers) -> Fitted:
         k, t0 = self.outputs(noisy), time.perf_counter()
         q_hat, probs, fields = self.estimate(k, train, val, trainers)
         estimate_s = time.perf_counter() - t0
         labels = train.y.numpy()
-        results.save_array(trainers.run_dir / "probs.npy", probs)
-        results.save_array(trainers.run_dir / "noisy_labels.npy", labels)
+        save_array(trainers.context.artifacts / "probs.npy", probs)
+        save_array(trainers.context.artifacts / "noisy_labels.npy", labels)
         if not np.isfinite(q_hat).all():
             raise Diverged(f"q={self.name}: its estimate of Q is not finite")
         forward = trainers.fit(FixedNoiseLayer(q_hat), train, val)
@@ -280,7 +292,7 @@ class AnchorQ(_ForwardCorrection):
 
     def estimate(self, k, train, val, trainers):
         plain = self.plain(k, train, val, trainers, predict=train)
-        return anchor_t(plain.probs, self.percentile).T, plain.probs, {"plain_test_error": plain.test["test_error"]}
+        return anchor_t(plain.probs, self.percentile).T, plain.probs, {"plain_test_error": plain.test.test_error}
 
 
 class DualTQ(AnchorQ):
@@ -291,7 +303,7 @@ class DualTQ(AnchorQ):
     def estimate(self, k, train, val, trainers):
         plain = self.plain(k, train, val, trainers, predict=train)
         t = anchor_t(plain.probs, self.percentile) @ count_t(plain.probs, train.y.numpy())
-        return t.T, plain.probs, {"plain_test_error": plain.test["test_error"]}
+        return t.T, plain.probs, {"plain_test_error": plain.test.test_error}
 
 
 class ConfidentQ(_ForwardCorrection):
@@ -316,12 +328,12 @@ class ConfidentQ(_ForwardCorrection):
             raise UserError(f"q.folds: {self.folds} folds need at least as many images of every noisy label; "
                             f"the rarest has {rarest}")  # fmt: skip
         probs = np.full((len(labels), k), np.nan)
-        split = StratifiedKFold(self.folds, shuffle=True, random_state=trainers.cfg.seed).split(labels, labels)
+        split = StratifiedKFold(self.folds, shuffle=True, random_state=trainers.context.seed).split(labels, labels)
         errors = []
         for rest, held in split:
-            fold = self.plain(k, train.take(rest), val, trainers, predict=train.take(held))
+            fold = self.plain(k, train.take(rest), val, trainers, predict=train.take(held), stage=None)
             probs[held] = fold.probs
-            errors.append(fold.test["test_error"])
+            errors.append(fold.test.test_error)
         return confident_q(probs, labels), probs, {"fold_test_errors": errors}
 
 

@@ -133,14 +133,15 @@ class LearnedNoiseLayer(NoiseLayer):
     def __init__(
         self,
         num_classes: int,
-        param: str = "softmax",
-        init_flip: float = 0.5,
-        lr: float | None = None,
-        reg_weight: float = 0.0,
-        warmup_epochs: int = 0,
-        regulariser: str = "ridge",
-        balance_weight: float = 0.0,
-    ):
+        *,
+        param: str,
+        init_flip: float,
+        lr: float | None,
+        reg_weight: float,
+        warmup_epochs: int,
+        regulariser: str,
+        balance_weight: float,
+    ):  # no defaults: the recipe's one home is conf/q/learned.yaml
         super().__init__(num_classes)
         if param not in PARAMS:
             raise ValueError(f"param {param!r} not in {PARAMS}")

@@ -96,3 +96,12 @@ def alexnet(in_shape: Sequence[int], num_classes: int, dropout: float) -> nn.Mod
     if in_shape[0] != 3:
         net.features[0] = nn.Conv2d(in_shape[0], 64, 11, 4, 2)
     return net
+
+
+def penultimate(net: nn.Module) -> nn.Linear:
+    """The net's last linear layer: its input is the penultimate-layer features (every network here ends
+    in one: SmallConvNet's and ConvNetCifar's head, ResNet's fc, AlexNet's classifier)."""
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(net).__name__} has no linear layer whose input could serve as features")
+    return linears[-1]

@@ -20,6 +20,7 @@ from torchmetrics.classification import BinaryAveragePrecision, BinaryPrecisionR
 
 from . import plots
 from .layers import NoiseLayer
+from .models import penultimate
 
 
 def one_cycle(
@@ -150,12 +151,26 @@ class NoisyLabelModule(pl.LightningModule):
                                              "recall": recall.cpu().numpy()[keep]}  # fmt: skip
         self._scores, self._is_inlier = [], []
 
-    # -- predict: p(noisy | x) of the combined model --------------------------------------------------
-    def predict_step(self, batch, batch_idx):
+    # -- predict: p(noisy | x) of the combined model, and the base net's penultimate features -----------
+    predict_outputs: tuple[str, ...] = ("probs",)  # set by the training factory for one predict pass
+
+    def predict_step(self, batch, batch_idx) -> dict:
         x, _ = batch
-        p = torch.softmax(self.net(x).float(), dim=1)
+        seen = []
+        hook = None
+        if "features" in self.predict_outputs:  # the input of the net's last linear layer
+            hook = penultimate(self.net).register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        try:
+            logits = self.net(x)
+        finally:
+            if hook is not None:
+                hook.remove()
+        p = torch.softmax(logits.float(), dim=1)
         q = self.noise.q()
-        return p if q is None else p @ q.detach().T.to(p)
+        out = {"probs": p if q is None else p @ q.detach().T.to(p)}
+        if seen:
+            out["features"] = seen[0].float().flatten(1)
+        return out
 
     # -- optimisation ---------------------------------------------------------------------------------
     def configure_optimizers(self):

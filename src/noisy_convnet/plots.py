@@ -31,7 +31,7 @@ def save(fig, path: str | Path, pdf: bool = False) -> None:
     """PNG (and PDF) at 150 dpi, each written atomically, then close the figure."""
     import io
 
-    from .results import write_atomic
+    from .files import write_atomic
 
     path = Path(path)
     for suffix, kw in ((".png", {"dpi": 150}), *(((".pdf", {}),) if pdf else ())):

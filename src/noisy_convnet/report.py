@@ -22,14 +22,22 @@ import pandas as pd
 
 from . import plots
 from .comparison import comparison, estimator_q_heatmaps, estimators_figure, paired
-from .results import RESULTS_FILE, SAME_AS, cell_config, write_atomic
+from .files import write_atomic
+from .identity import cell_config
+from .record import RESULTS_FILE, SAME_AS
 
 # Columns of the record that are not tables of numbers; the matrices stay in results.json.
 MATRICES = ("Q_true", "Q", "confusion", "pr_curve")
 
 
+def curve(row: pd.Series) -> str:
+    """The curve a run belongs to, by the record's names: its Q estimator's ``q`` and "+es" when the net was
+    early-stopped (figures select and colour curves by this, never by a display label)."""
+    return str(row["q"]) + ("+es" if row.get("early_stopping") else "")
+
+
 def method(row: pd.Series) -> str:
-    """The curve a run belongs to: its Q estimator's label, and whether the net was early-stopped."""
+    """How tables and legends name a run's curve: its Q estimator's label, and whether it was early-stopped."""
     label = row.get("q_label")
     name = label if isinstance(label, str) and label else row["q"]
     return name + (" + early stopping" if row.get("early_stopping") else "")
@@ -81,6 +89,7 @@ def load_sweep(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     df = pd.DataFrame(rows)
     if len(df):
         df["method"] = df.apply(method, axis=1)
+        df["curve"] = df.apply(curve, axis=1)
         df["_cell"] = df["_record"].map(lambda r: r["_cell"])
         keys = [k for k in ("dataset", "noise", "matrix", "method", "level", "train_size", "outlier_ratio") if k in df]
         for cell, g in df.groupby(keys, dropna=False):
@@ -122,13 +131,18 @@ def markdown(t: pd.DataFrame) -> str:
     return out.to_markdown(index=False) + "\n"
 
 
-# One colour per Q mode, dashed when early-stopped: the same in every figure.
-COLOURS = {"no noise layer": "tab:red", "fixed Q*": "tab:blue", "learned Q": "tab:green"}
+# One colour per Q estimator (by its record name), dashed when early-stopped: the same in every figure.
+COLOURS = {"none": "tab:red", "fixed": "tab:blue", "learned": "tab:green"}
 
 
-def _style(method_name: str) -> dict:
-    base = method_name.replace(" + early stopping", "")
-    return {"color": COLOURS.get(base), "linestyle": "--" if base != method_name else "-"}
+def _style(curve_name: str) -> dict:
+    base = curve_name.removesuffix("+es")
+    return {"color": COLOURS.get(base), "linestyle": "--" if base != curve_name else "-"}
+
+
+def _curves_of(df: pd.DataFrame):
+    """(curve, its label, its rows), in the order of the labels."""
+    return sorted(((c, g["method"].iloc[0], g) for c, g in df.groupby("curve")), key=lambda t: t[1])
 
 
 def _curves(df: pd.DataFrame, x: str, facet: str, xlabel: str, title: str, logx: bool = False):
@@ -140,11 +154,11 @@ def _curves(df: pd.DataFrame, x: str, facet: str, xlabel: str, title: str, logx:
     fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets) + 2.8, 3.6), squeeze=False, sharey=True)
     for ax, f in zip(axes[0], facets, strict=True):
         sub = df[df[facet] == f]
-        for name, g in sorted(sub.groupby("method"), key=lambda t: t[0]):
+        for key, name, g in _curves_of(sub):
             s = g.groupby(x)["test_error"].agg(["mean", "std"]).sort_index() * 100
             seeds = g.groupby(x)["seed"].nunique().max()
             label = name + (f" (mean +- 1 sd over {seeds} seeds)" if seeds > 1 else "")
-            (line,) = ax.plot(s.index, s["mean"], marker="o", label=label, **_style(name))
+            (line,) = ax.plot(s.index, s["mean"], marker="o", label=label, **_style(key))
             if seeds > 1:  # the band in the line's own colour
                 lo, hi = s["mean"] - s["std"].fillna(0), s["mean"] + s["std"].fillna(0)
                 ax.fill_between(s.index, lo, hi, alpha=0.2, color=line.get_color(), linewidth=0)
@@ -206,17 +220,19 @@ def _estimated(df: pd.DataFrame) -> pd.DataFrame:
 def _fig3(df: pd.DataFrame):
     import matplotlib.pyplot as plt
 
+    labels = df.groupby("curve")["method"].first()
+    plain, learned = labels["none"], labels["learned"]
     grids = {}
-    for name in ("no noise layer", "learned Q"):
-        g = df[df["method"] == name].groupby(["level", "train_size"])["test_error"].mean().unstack() * 100
-        grids[name] = g
-    grids["no noise layer - learned Q"] = grids["no noise layer"] - grids["learned Q"]
+    for key in ("none", "learned"):
+        g = df[df["curve"] == key].groupby(["level", "train_size"])["test_error"].mean().unstack() * 100
+        grids[labels[key]] = g
+    grids[f"{plain} - {learned}"] = grids[plain] - grids[learned]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     # one colour scale for both error panels, so one colour means one error
-    lo = min(np.nanmin(grids[n].values) for n in ("no noise layer", "learned Q"))
-    hi = max(np.nanmax(grids[n].values) for n in ("no noise layer", "learned Q"))
-    for ax, (name, g) in zip(axes, grids.items(), strict=True):
-        diff = name.startswith("no noise layer -")
+    lo = min(np.nanmin(grids[n].values) for n in (plain, learned))
+    hi = max(np.nanmax(grids[n].values) for n in (plain, learned))
+    for i, (ax, (name, g)) in enumerate(zip(axes, grids.items(), strict=True)):
+        diff = i == 2
         span = np.nanmax(np.abs(g.values)) if diff else None  # a diverging scale centred on 0
         im = ax.imshow(g.values, cmap="RdBu" if diff else "viridis_r", aspect="auto", origin="lower",
                        vmin=-span if diff else lo, vmax=span if diff else hi)  # fmt: skip
@@ -240,10 +256,10 @@ def _fig4a(df: pd.DataFrame):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.4))
-    for name, g in sorted(df.groupby("method"), key=lambda t: t[0]):
+    for key, name, g in _curves_of(df):
         for ax, col, scale in ((axes[0], "test_error", 100), (axes[1], "inlier_ap", 1)):
             s = g.groupby("outlier_ratio")[col].agg(["mean", "std"]).sort_index() * scale
-            ax.errorbar(s.index, s["mean"], yerr=s["std"].fillna(0), marker="o", capsize=3, label=name, **_style(name))
+            ax.errorbar(s.index, s["mean"], yerr=s["std"].fillna(0), marker="o", capsize=3, label=name, **_style(key))
     axes[0].set_ylabel("inlier test error (%)")
     axes[1].set_ylabel("inlier average precision")
     for ax in axes:
@@ -260,13 +276,13 @@ def _fig4b(df: pd.DataFrame):
 
     fig, ax = plt.subplots(figsize=(4.6, 3.8))
     ratio = sorted(df["outlier_ratio"].unique())[len(df["outlier_ratio"].unique()) // 2]  # the middle ratio
-    for name, g in sorted(df[df["outlier_ratio"] == ratio].groupby("method"), key=lambda t: t[0]):
+    for key, name, g in _curves_of(df[df["outlier_ratio"] == ratio]):
         seeds = len(g)
         for i, (_, row) in enumerate(g.sort_values("seed").iterrows()):  # every seed, thinly when several
             pr = row["_record"]["pr_curve"]
             ap = f"AP {g['inlier_ap'].mean():.3f}" + (f", mean of {seeds} seeds" if seeds > 1 else "")
             ax.plot(pr["recall"], pr["precision"], label=f"{name} ({ap})" if i == 0 else None,
-                    linewidth=0.9 if seeds > 1 else 1.5, **_style(name))  # fmt: skip
+                    linewidth=0.9 if seeds > 1 else 1.5, **_style(key))  # fmt: skip
     ax.set_title(f"N_out / N_in = {ratio:g}", fontsize=9)
     ax.set_xlabel("recall (inliers)")
     ax.set_ylabel("precision")
@@ -298,12 +314,8 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
              "fig2b_error_vs_level")  # fmt: skip
     if len(_estimated(paper)) and _estimated(paper)["level"].max() > 0:
         save(_fig2c(paper), "fig2c_q_heatmaps")
-    methods = set(paper["method"]) if len(paper) else set()
-    if (
-        {"no noise layer", "learned Q"} <= methods
-        and paper["level"].nunique() > 1
-        and paper["train_size"].nunique() > 1
-    ):
+    curves = set(paper["curve"]) if len(paper) else set()
+    if {"none", "learned"} <= curves and paper["level"].nunique() > 1 and paper["train_size"].nunique() > 1:
         save(_fig3(paper), "fig3_grid")
     outl = df[with_outliers]
     if len(outl) and outl["outlier_ratio"].nunique() > 1:
@@ -318,10 +330,10 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
 
 def log_to_wandb(paths: list[Path], root: Path, t: pd.DataFrame) -> None:
     """The sweep's table (one row per cell) and every figure, to one summary run of the sweep's W&B group;
-    offline without a key or a server (runtime.wandb_online)."""
+    offline without a key or a server (loggers.wandb_online)."""
     import wandb
 
-    from .runtime import wandb_online
+    from .loggers import wandb_online
 
     mode = "online" if wandb_online() else "offline"
     with wandb.init(project="noisy-convnet", job_type="report", name=f"report {root.name}", group=root.name,
@@ -356,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --out: '{out}' is a file; give a directory", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    flat = df.drop(columns=["_record", "_cell", "_config"])
+    flat = df.drop(columns=["_record", "_cell", "_config", "curve"])
     write_atomic(out / "results.csv", flat.to_csv(index=False))
     t = table(df)
     write_atomic(out / "results.md", markdown(t))
@@ -368,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = figures(df, out)
     if df["method"].nunique() > 4:
         flip = df[df["outlier_ratio"].isna()] if "outlier_ratio" in df else df
-        parts = [comparison(flip)] + [paired(flip, ref) for ref in ("fixed Q*", "no noise layer + early stopping")]
+        parts = [comparison(flip)] + [paired(flip, ref) for ref in ("fixed", "none+es")]
         write_atomic(out / "comparison.md", "\n\n".join(p.to_markdown(index=False) for p in parts if len(p)) + "\n")
     print(t.to_string(index=False))
     print(f"{len(df)} runs, {len(problems)} warnings -> {out}/results.csv, results.md, {len(paths)} figures")

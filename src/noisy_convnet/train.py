@@ -27,12 +27,15 @@ import torch
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from . import config, datasets, noise, plots, results
+from . import config, datasets, identity, noise, plots
+from . import record as record_file
 from .errors import UserError
 from .estimators import QEstimator
+from .factory import Trainers
+from .files import lock, write_atomic
+from .launch import sweep_cell
 from .noise_models import NoiseModel
-from .results import Record
-from .runtime import Trainers, sweep_cell
+from .record import RESULTS_FILE, SAME_AS, Record
 
 log = logging.getLogger(__name__)
 
@@ -59,22 +62,23 @@ def run(cfg: DictConfig) -> Record:
         raise UserError(f"run_dir: cannot write in '{run_dir}' ({e.strerror}); give a directory that can be "
                         "created and written") from None  # fmt: skip
     resolved, defaults = OmegaConf.to_container(cfg, resolve=True), config.schema_defaults()
-    with results.cell_lock(run_dir):  # the same cell started twice at once: the second waits, then skips
-        inputs = results.input_hashes(resolved.get("noise") or {})  # read once for every cell compared
-        done = results.finished(run_dir, resolved, defaults, inputs)
+    inputs = identity.input_hashes(resolved)  # the input files, read once
+    key = identity.CellKey.of(resolved, defaults, inputs)
+    with lock(run_dir / ".lock", f"the cell {run_dir}"):  # the same cell started twice at once: one waits, then skips
+        done = identity.finished(run_dir, key, defaults)
         if done is not None:  # resume: this cell already ran with this very config
-            log.info("already finished, skipped: %s", run_dir / results.RESULTS_FILE)
+            log.info("already finished, skipped: %s", run_dir / RESULTS_FILE)
             return done
         sweep_dir = _sweep_dir()
-        beside = None if sweep_dir is None else results.finished_beside(sweep_dir, run_dir, resolved, defaults, inputs)
+        beside = None if sweep_dir is None else identity.finished_beside(sweep_dir, run_dir, key, defaults)
         if beside is None:
             threads = torch.get_num_threads()
             try:
-                return _run(cfg, run_dir, resolved, t_start)
+                return _run(cfg, run_dir, key, inputs, sweep_dir, t_start)
             finally:  # a run's thread count must not reach later runs in this process (their float sums)
                 torch.set_num_threads(threads)
-        log.info("already finished, skipped: %s is this cell", beside[0] / results.RESULTS_FILE)
-        results.write_atomic(run_dir / results.SAME_AS, json.dumps({"results": str(beside[0] / results.RESULTS_FILE)}))
+        log.info("already finished, skipped: %s is this cell", beside[0] / RESULTS_FILE)
+        write_atomic(run_dir / SAME_AS, json.dumps({"results": str(beside[0] / RESULTS_FILE)}))
     return beside[1]
 
 
@@ -87,11 +91,12 @@ def _sweep_dir() -> Path | None:
     return sweep if Path(hc.runtime.output_dir).resolve().parent == sweep else None
 
 
-def _run(cfg: DictConfig, run_dir: Path, resolved: dict, t_start: float) -> Record:
-    if results.other_config(run_dir, resolved, config.schema_defaults()):
+def _run(cfg: DictConfig, run_dir: Path, key: identity.CellKey, inputs: dict, sweep_dir: Path | None,
+         t_start: float) -> Record:  # fmt: skip
+    if identity.other_config(run_dir, key, config.schema_defaults()):
         raise UserError(f"run_dir: '{run_dir}' holds the results of another config; give another hydra.run.dir "
                         "(or delete that one)")  # fmt: skip
-    results.claim_checkpoints(run_dir, resolved)  # a killed run's checkpoints resume only this very config
+    identity.claim_checkpoints(run_dir, key)  # a killed run's checkpoints resume only this very cell
     if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError("trainer: accelerator gpu, but this machine has no GPU that torch can use; use trainer=cpu")
     if cfg.threads:
@@ -119,7 +124,9 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, t_start: float) -> Reco
                         f"image, which early stopping (or q={estimator.name}) needs; raise it")  # fmt: skip
     run_name = f"{ds.name}-{noisy.noise}-{noisy.level:g}-q_{estimator.name}-s{cfg.seed}"
     hparams = {"q": estimator.name, "noise": noisy.noise, **flat(OmegaConf.to_container(cfg, resolve=True))}
-    trainers = Trainers(cfg, ds.shape, noisy.test, noisy.q_true, noisy.num_classes, run_dir, run_name, hparams)
+    stages = (sweep_dir if sweep_dir is not None else run_dir) / "stages"  # shared by the sweep's cells
+    trainers = Trainers(cfg, ds.shape, noisy.test, noisy.q_true, noisy.num_classes, run_dir, run_name, hparams,
+                        stages)  # fmt: skip
     fitted = estimator.fit(noisy, train, val, trainers)
     t = fitted.training
     record = Record(
@@ -128,18 +135,20 @@ def _run(cfg: DictConfig, run_dir: Path, resolved: dict, t_start: float) -> Reco
         q_estimated=estimator.estimated, seed=cfg.seed, early_stopping=cfg.early_stopping,
         actual_noise=noisy.actual_noise, Q_true=noisy.q_true, Q=fitted.q,
         q_error=None if fitted.q is None else noise.q_error(fitted.q, noisy.q_true),
-        test_error=t.test["test_error"], confusion=t.test["confusion"], val_nll=t.val_nll, epochs=t.epochs,
+        test_error=t.test.test_error, confusion=t.test.confusion, val_nll=t.val_nll, epochs=t.epochs,
         trainings=trainers.count, train_images_per_s=t.images_per_s, device=t.device,
         threads=torch.get_num_threads(), channels_last=trainers.channels_last, provenance=provenance(),
         wall_s=time.perf_counter() - t_start, config=OmegaConf.to_container(cfg, resolve=True),
-        inlier_ap=t.test.get("inlier_ap"), pr_curve=t.test.get("pr_curve"), fields={**noisy.extra, **fitted.fields},
+        inlier_ap=t.test.inlier_ap, pr_curve=t.test.pr_curve, stages=trainers.used, input_hashes=inputs,
+        cell=key.to_dict(), fields={**noisy.extra, **fitted.fields},
     )  # fmt: skip
     plots.save(plots.q_heatmaps(noisy.q_true, fitted.q, _title(record)), run_dir / "Q.png")
     if cfg.save_model:  # the tested base net's weights, kept beside its record (written first: a record means both)
         buf = io.BytesIO()
         torch.save(t.module.net.state_dict(), buf)
-        results.write_atomic(run_dir / "model.pt", buf.getvalue())
-    path = results.write(run_dir, record)
+        write_atomic(run_dir / "model.pt", buf.getvalue())
+    path = record_file.write(run_dir, record)
+    identity.mark(run_dir, key)  # after the record: a twin under another name finds it by this file
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # early stopping's; the record is written
     log.info("test error %.4f  (results: %s)", record.test_error, path)
     return record

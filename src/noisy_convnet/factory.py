@@ -1,0 +1,319 @@
+"""The training factory: the one seam through which a Q estimator trains, with nothing of Hydra in it.
+
+An estimator sees ``Trainers.fit`` and ``Trainers.context`` and nothing else:
+
+  fit(layer, train, val, *, early_stopping=None, init=None, init_noise=False, predict=None,
+      outputs=("probs",), stage=None) -> Training
+      layer           the noise layer the base net trains through (its class count sizes the net)
+      early_stopping  None: the run's protocol; True/False: this training's own
+      init            a Training to warm-start from: its base net's weights (and, with init_noise, its noise
+                      layer's) instead of the seeded fresh ones
+      predict         images to compute ``outputs`` on after the training, in their order:
+                      "probs" p(noisy | x) (N x K), "features" the base net's penultimate layer (N x D)
+      stage           a name: a training with the same inputs (stages.py) is trained once per sweep (or run)
+                      and reused by every estimator that asks for it by that name
+  context: Context(seed, max_epochs, early_stopping, artifacts): what an estimator may know of the run
+
+Every training starts from the same seeded weights (``pl.seed_everything(seed)`` first), so two trainings
+of the same layer on the same data give the same numbers whatever ran before, and every training is
+tested on the clean test set (its best checkpoint with early stopping), which costs one pass over the test
+images. A training killed half-way resumes from its last checkpoint (model, Q, optimiser, schedule, RNG).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .data import FolderDataModule, TensorDataModule
+from .datasets import Split
+from .devices import channels_last
+from .errors import Diverged
+from .files import write_atomic
+from .identity import cell_config
+from .layers import NoiseLayer
+from .loggers import build_loggers, finish_wandb
+from .module import NoisyLabelModule
+from .record import StageUse
+from .stages import StageStore, digest, stage_key
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = ("probs", "features")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What an estimator may know of the run."""
+
+    seed: int  # the run's seed (the noisy labels and every training's start)
+    max_epochs: int  # the epoch budget of one training
+    early_stopping: bool  # the run's protocol: the tested net is the best noisy-validation epoch's
+    artifacts: Path  # the run's folder: an estimator's own files (probabilities, matrices) go here
+
+
+@dataclass
+class TestResult:
+    """A base net scored on the clean test set."""
+
+    test_error: float
+    confusion: np.ndarray  # Eq. 4: column j is the mean softmax over test images of true class j
+    inlier_ap: float | None = None  # outlier noise: average precision of telling inliers from outliers
+    pr_curve: dict | None = None  # its precision-recall curve {precision, recall}
+
+
+@dataclass
+class Training:
+    """One trained base net with its noise layer, tested on the clean test set."""
+
+    module: NoisyLabelModule
+    epochs: int  # epochs run (fewer than max_epochs when early stopping ended it)
+    val_nll: float | None  # the noisy validation NLL of the tested model (the best epoch's with early stopping)
+    images_per_s: float  # training images per second of fit()
+    device: str
+    test: TestResult
+    probs: np.ndarray | None = None  # p(noisy | x) on the images asked for (N x K, float64), in their order
+    features: np.ndarray | None = None  # the base net's penultimate layer on them (N x D, float32)
+    seconds: float = 0.0  # wall time of this training (fit, test and outputs), or of its reuse
+    stage: StageUse | None = None  # the shared stage it is, trained here or reused
+
+
+def _test_result(d: dict) -> TestResult:
+    return TestResult(d["test_error"], d["confusion"], d.get("inlier_ap"), d.get("pr_curve"))
+
+
+class Trainers:
+    """Builds and trains a base net + noise layer + Lightning Trainer from the config, on any training and
+    validation split, and tests it on the run's clean test set."""
+
+    def __init__(self, cfg: DictConfig, shape: tuple[int, int, int], test: Split, q_true: np.ndarray,
+                 num_classes: int, run_dir: Path, run_name: str, hparams: dict | None = None,
+                 stages_dir: Path | None = None):  # fmt: skip
+        self._cfg, self.shape, self.test_split, self.q_true = cfg, shape, test, q_true
+        self.hparams = hparams or {}  # logged to every logger: the flattened config, q and noise by name
+        self.num_classes, self.run_dir, self.run_name = num_classes, Path(run_dir), run_name
+        self.channels_last = channels_last(cfg)
+        self.context = Context(int(cfg.seed), int(cfg.trainer.max_epochs), bool(cfg.early_stopping), self.run_dir)
+        self.stages = StageStore(stages_dir if stages_dir is not None else self.run_dir / "stages")
+        self.count = 0  # nets trained here (a reused stage is not)
+        self.used: list[StageUse] = []  # the shared stages this run used, in order
+        self._fits = 0  # trainings of the run's own (not stages): their checkpoint folders' numbers
+
+    def datamodule(self, train: Split, val: Split, predict: Split | None = None) -> pl.LightningDataModule:
+        d, seed, test, cl = self._cfg.data, self._cfg.seed, self.test_split, self.channels_last
+        if train.source is None:  # in memory: tensors on the device
+            return TensorDataModule(train, val, test, d.batch_size, d.shift, seed, cl, predict)
+        return FolderDataModule(train, val, test, d.batch_size, d.num_workers, seed, cl, predict)
+
+    def fit(self, layer: NoiseLayer, train: Split, val: Split, *, early_stopping: bool | None = None,
+            init: Training | None = None, init_noise: bool = False, predict: Split | None = None,
+            outputs: tuple[str, ...] = ("probs",), stage: str | None = None) -> Training:  # fmt: skip
+        """Train a base net (with as many outputs as the layer has classes) through ``layer`` on ``train``,
+        watching ``val``; test it (the best epoch's weights with early stopping) and, given ``predict``,
+        compute ``outputs`` on its images. Raises Diverged when the loss or Q is not finite at the end."""
+        unknown = set(outputs) - set(OUTPUTS)
+        if unknown:
+            raise ValueError(f"outputs: unknown {sorted(unknown)}; allowed: {', '.join(OUTPUTS)}")
+        es = self.context.early_stopping if early_stopping is None else bool(early_stopping)
+        ask = (predict, tuple(outputs) if predict is not None else ())
+        if stage is None or self._cfg.trainer.get("fast_dev_run"):  # a one-batch check shares nothing
+            self._fits += 1
+            return self._train(
+                layer, train, val, es, init, init_noise, ask, self.run_dir / "checkpoints" / f"training{self._fits}"
+            )
+        key = stage_key(stage, self._stage_inputs(layer, train, val, es, init, init_noise))
+        with self.stages.claim(stage, key) as folder:  # a second cell asking for it waits here
+            stored = self.stages.load(stage, key)
+            if stored is not None:
+                log.info("stage %s reused from %s", stage, folder)
+                training = self._reuse(stored, layer, train, val, ask)
+                training.stage = StageUse(stage, key, trained=False)
+            else:
+                training = self._train(layer, train, val, es, init, init_noise, ask, folder / "checkpoints")
+                training.stage = StageUse(stage, key, trained=True)
+                self.stages.save(stage, key, _state(training))
+        self.used.append(training.stage)
+        return training
+
+    def _stage_inputs(self, layer: NoiseLayer, train: Split, val: Split, es: bool, init: Training | None,
+                      init_noise: bool) -> dict:  # fmt: skip
+        """Exactly what decides a training's weights and test numbers (stages.py)."""
+        cfg = OmegaConf.to_container(self._cfg, resolve=True)
+        watched = cell_config({k: cfg.get(k) for k in ("model", "optim", "trainer")})  # volatile keys out
+        scalars = {k: v for k, v in vars(layer).items() if isinstance(v, (bool, int, float, str, type(None)))}
+        start = None
+        if init is not None:
+            start = {k: digest(v) for k, v in init.module.net.state_dict().items()}
+            if init_noise:
+                start["noise"] = {k: digest(v) for k, v in init.module.noise.state_dict().items()}
+        return {
+            "data": {name: _split_digest(s) for name, s in (("train", train), ("val", val), ("test", self.test_split))},
+            "seed": self.context.seed, **watched,
+            "protocol": {"early_stopping": es, "patience": cfg["patience"], "batch_size": cfg["data"]["batch_size"],
+                         "shift": cfg["data"]["shift"], "channels_last": self.channels_last},
+            "classes": self.num_classes, "shape": list(self.shape),
+            "layer": {"type": f"{type(layer).__module__}.{type(layer).__qualname__}", **scalars,
+                      "state": {k: digest(v) for k, v in layer.state_dict().items()}},
+            "init": start,
+        }  # fmt: skip
+
+    def _module(self, layer: NoiseLayer) -> NoisyLabelModule:
+        cfg = self._cfg
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)  # every training starts from the same weights
+        net = instantiate(cfg.model, in_shape=self.shape, num_classes=layer.num_classes)
+        return NoisyLabelModule(
+            net, layer, instantiate(cfg.optim.optimizer), instantiate(cfg.optim.get("scheduler")),
+            q_true=self.q_true, num_classes=self.num_classes, channels_last=self.channels_last,
+        )  # fmt: skip
+
+    def _train(self, layer, train, val, es, init, init_noise, ask, checkpoints: Path) -> Training:
+        cfg, t_start = self._cfg, time.perf_counter()
+        self.count += 1
+        dm = self.datamodule(train, val, ask[0])
+        module = self._module(layer)
+        if init is not None:  # a warm start: the earlier training's weights instead of the seeded fresh ones
+            module.net.load_state_dict(init.module.net.state_dict())
+            if init_noise:
+                module.noise.load_state_dict(init.module.noise.state_dict())
+        loggers = build_loggers(cfg, self.run_name, self.count)
+        for lg in loggers:  # a dashboard groups and filters runs by any of these keys
+            lg.log_hyperparams({**self.hparams, "training": self.count})
+        callbacks = build_callbacks(cfg, checkpoints, es)
+        if loggers:
+            from pytorch_lightning.callbacks import LearningRateMonitor
+
+            callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        trainer: pl.Trainer = instantiate(
+            cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(self.run_dir),
+            enable_checkpointing=True,
+        )  # fmt: skip
+        last = checkpoints / "last.ckpt"  # a training killed or requeued half-way: resume where it stopped
+        done = checkpoints / "done.json"  # a training that had ended: its fit-time numbers, kept
+        if last.is_file():
+            log.info("training %d resumes from %s", self.count, last)
+        t_fit = time.perf_counter()
+        trainer.fit(module, dm, ckpt_path=str(last) if last.is_file() else None)
+        fit_s = time.perf_counter() - t_fit
+        epochs = trainer.current_epoch
+        if done.is_file() and last.is_file():  # fit restored the end state and had nothing left to do
+            ended = json.loads(done.read_text())
+            val_nll, images_per_s = ended["val_nll"], ended["images_per_s"]
+        else:
+            _check_finite(trainer, layer, self.count)
+            score = trainer.checkpoint_callback.best_model_score if es else trainer.callback_metrics.get("val/nll")
+            val_nll, images_per_s = None if score is None else float(score), len(train) * epochs / fit_s
+            if not trainer.fast_dev_run:
+                write_atomic(done, json.dumps({"val_nll": val_nll, "images_per_s": images_per_s}))
+        best = es and not trainer.fast_dev_run  # a one-batch check keeps no checkpoint
+        trainer.test(module, dm, ckpt_path="best" if best else None, verbose=False)  # loads the best weights
+        out = _outputs(trainer, module, dm, ask[1])
+        finish_wandb(trainer)
+        return Training(module, epochs, val_nll, images_per_s, str(trainer.strategy.root_device),
+                        _test_result(module.test_results), out.get("probs"), out.get("features"),
+                        time.perf_counter() - t_start)  # fmt: skip
+
+    def _reuse(self, state: dict, layer: NoiseLayer, train: Split, val: Split, ask) -> Training:
+        """A stored stage as a Training: its weights in a fresh module, its numbers, and the outputs asked."""
+        t_start = time.perf_counter()
+        module = self._module(layer)
+        module.net.load_state_dict(state["net"])
+        module.noise.load_state_dict(state["noise"])
+        out = {}
+        if ask[0] is not None and ask[1]:
+            trainer: pl.Trainer = instantiate(self._cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
+                                              default_root_dir=str(self.run_dir))  # fmt: skip
+            out = _outputs(trainer, module, self.datamodule(train, val, ask[0]), ask[1])
+        t = state["test"]
+        pr = None if t.get("pr_curve") is None else {k: v.numpy() for k, v in t["pr_curve"].items()}
+        test = TestResult(float(t["test_error"]), t["confusion"].numpy(), t.get("inlier_ap"), pr)
+        return Training(module, int(state["epochs"]), state["val_nll"], float(state["images_per_s"]), state["device"],
+                        test, out.get("probs"), out.get("features"), time.perf_counter() - t_start)  # fmt: skip
+
+
+def _split_digest(s: Split) -> dict:
+    source = None if s.source is None else f"{type(s.source).__name__}:{getattr(s.source, 'root', '')}"
+    return {"x": digest(s.x), "y": digest(s.y), "source": source}
+
+
+def _outputs(trainer: pl.Trainer, module: NoisyLabelModule, dm, outputs: tuple[str, ...]) -> dict:
+    """``outputs`` of the module on the datamodule's predict images, in their order, as numpy arrays."""
+    if not outputs:
+        return {}
+    module.predict_outputs = tuple(outputs)
+    try:
+        batches = trainer.predict(module, dm, return_predictions=True)
+    finally:
+        module.predict_outputs = ("probs",)
+    out = {name: torch.cat([b[name] for b in batches]).cpu() for name in outputs}
+    if "probs" in out:
+        out["probs"] = out["probs"].double().numpy()
+    if "features" in out:
+        out["features"] = out["features"].float().numpy()
+    return out
+
+
+def _state(t: Training) -> dict:
+    """What a stage keeps (tensors and plain values only: read back with weights_only=True)."""
+    test = t.test
+    pr = None if test.pr_curve is None else {k: torch.as_tensor(v) for k, v in test.pr_curve.items()}
+    return {
+        "net": t.module.net.state_dict(), "noise": t.module.noise.state_dict(), "epochs": t.epochs,
+        "val_nll": t.val_nll, "images_per_s": t.images_per_s, "device": t.device, "seconds": t.seconds,
+        "test": {"test_error": test.test_error, "confusion": torch.as_tensor(test.confusion),
+                 "inlier_ap": test.inlier_ap, "pr_curve": pr},
+    }  # fmt: skip
+
+
+def build_callbacks(cfg: DictConfig, checkpoints: Path, early_stopping: bool) -> list:
+    """Progress bar; a checkpoint after every epoch (last.ckpt: model, Q, optimiser and schedule, so a
+    killed or requeued training resumes where it stopped); with early stopping, the best epoch's too."""
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+
+    cbs = []
+    if cfg.trainer.get("enable_progress_bar", True):
+        cbs.append(RichProgressBar(leave=True))
+    if early_stopping:  # first: trainer.checkpoint_callback, whose "best" is tested
+        cbs.append(EarlyStopping(monitor="val/nll", mode="min", patience=cfg.patience))
+        cbs.append(ModelCheckpoint(dirpath=checkpoints, monitor="val/nll", mode="min", filename="best-{epoch}"))
+    cbs.append(ModelCheckpoint(dirpath=checkpoints, save_top_k=1, save_last=True))  # every epoch: last.ckpt
+    cbs.append(RngState())
+    return cbs
+
+
+class RngState(pl.Callback):
+    """Saves the global random generators (torch's CPU and CUDA ones: dropout draws from them) in every
+    checkpoint and restores them on a resume: a training resumed at epoch 5 draws the dropout masks an
+    uninterrupted one draws there. (The shuffle and the shifts have their own per-epoch generators.)"""
+
+    device: torch.device | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:  # before a restore
+        self.device = trainer.strategy.root_device
+
+    def state_dict(self) -> dict:
+        on_gpu = self.device is not None and self.device.type == "cuda"  # only the training's GPU, if any
+        return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(self.device) if on_gpu else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        if state.get("cuda") is not None and self.device is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+
+
+def _check_finite(trainer: pl.Trainer, layer: NoiseLayer, count: int) -> None:
+    loss = trainer.callback_metrics.get("train/loss")
+    q = layer.q()
+    if (loss is not None and not torch.isfinite(loss).all()) or (q is not None and not torch.isfinite(q).all()):
+        raise Diverged(
+            f"training {count} diverged: its loss or Q is not finite after epoch {trainer.current_epoch} "
+            "(lower the learning rates or the regulariser weights)"
+        )

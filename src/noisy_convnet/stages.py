@@ -1,0 +1,71 @@
+"""Shared stages: a training that several estimators need with the same inputs is trained once and reused.
+
+A stage is named by its estimator-side role (``"plain"``: the early-stopped plain net on the noisy labels)
+and keyed by a hash of exactly the inputs that decide it (``stage_key``): the images and noisy labels of its
+training and validation parts, the test set, the seed, the network, the optimiser, the Trainer's settings
+(epochs, precision...), the early-stopping protocol, the batch size, shift and memory layout, the noise
+layer it trains through and, for a warm start, the weights it starts from. The cell identity's volatile keys
+(threads, loggers, where it runs) are not inputs here either. A stage lives in ``<root>/<name>-<key>/``
+(``root``: the sweep's ``stages/`` folder, or the run folder's for a single run) as ``stage.pt``, written
+atomically once its training and test ended; while it trains, its checkpoints live there too (a killed
+stage resumes from them, whichever cell runs it next) and its lock makes a second cell wait for it instead
+of training it twice. ``stage.pt`` holds only tensors and plain values and is read with
+``torch.load(weights_only=True)``: reading it runs no code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from .files import lock, write_atomic
+
+STAGE_FILE = "stage.pt"
+
+
+def digest(t: torch.Tensor) -> str:
+    """sha256 of a tensor's values, shape and dtype."""
+    t = t.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{tuple(t.shape)} {t.dtype}".encode())
+    h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def stage_key(name: str, inputs: dict) -> str:
+    """The key of a stage: sha256 of its name and its inputs (JSON-able values, tensors given by digest)."""
+    return hashlib.sha256(json.dumps({"stage": name, **inputs}, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class StageStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def folder(self, name: str, key: str) -> Path:
+        return self.root / f"{name}-{key}"
+
+    @contextmanager
+    def claim(self, name: str, key: str):
+        """Held while a stage is looked up and, if missing, trained: a second process waits here."""
+        folder = self.folder(name, key)
+        with lock(folder / ".lock", f"the shared stage {folder}"):
+            yield folder
+
+    def load(self, name: str, key: str) -> dict | None:
+        path = self.folder(name, key) / STAGE_FILE
+        if not path.is_file():
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return state if isinstance(state, dict) and state.get("key") == key else None
+
+    def save(self, name: str, key: str, state: dict) -> None:
+        buf = io.BytesIO()
+        torch.save({**state, "key": key}, buf)
+        folder = self.folder(name, key)
+        write_atomic(folder / STAGE_FILE, buf.getvalue())
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the stage is kept; its checkpoints are not
