@@ -52,8 +52,8 @@ figures-cpu: $(STAMP) ## run the CPU-scale presets (cells in parallel; finished 
 	for p in $(EARLY_STOPPED); do $(PY) train.py experiment=$$p sweep=$${p}$(SWEEP_SUFFIX) q=none early_stopping=true $(QUIET) $(LAUNCHER) $(FIGURE_ARGS) || exit 1; done
 	for p in $(CPU_PRESETS); do $(PY) -m noisy_convnet.report outputs/multirun/$${p}$(SWEEP_SUFFIX) --out $(FIGURES)/$$p || exit 1; done
 
-ESTIMATOR_PRESETS := estimators_uniform estimators_pair estimators_random
-estimators-cpu: $(STAMP) ## every Q estimator x 3 noises x 3 seeds on MNIST-5k (cells in parallel) and its report in $(FIGURES)/estimators_cpu
+ESTIMATOR_PRESETS := estimators_uniform estimators_pair estimators_random estimators_instance
+estimators-cpu: $(STAMP) ## every Q estimator x 5 noise settings x 3 seeds on MNIST-5k (cells in parallel), report in $(FIGURES)/estimators_cpu
 	for p in $(ESTIMATOR_PRESETS); do $(PY) train.py experiment=$$p $(QUIET) $(LAUNCHER) || exit 1; done
 	for p in $(ESTIMATOR_PRESETS); do $(PY) train.py experiment=$$p q=none early_stopping=true $(QUIET) $(LAUNCHER) || exit 1; done
 	$(PY) -m noisy_convnet.report outputs/multirun/estimators_cpu --out $(FIGURES)/estimators_cpu

@@ -155,12 +155,42 @@ def test_choosing_among_candidates_needs_a_validation_slice(make_cfg):
         ("q.reg_weight=inf", "q.reg_weight"),
         ("q.init_flip=0", "q.init_flip"),
         ("+trainer.enable_checkpointing=false", "trainer.enable_checkpointing"),  # was silently overridden
+        # values Hydra or Lightning accepted that ran as something else, or ended in a traceback
+        ("q.warmup_epochs=1.5", "q.warmup_epochs"),
+        ("q=volmin q.init=true", "q.init"),
+        ("noise=outlier noise.labelled_outliers=2.5", "noise.labelled_outliers"),
+        ("trainer.precision=bogus", "trainer.precision"),
+        ("trainer.precision=64-true", "trainer.precision"),
+        ("trainer.precision=bf16-true", "trainer.precision"),
+        ("trainer.precision=transformer-engine", "trainer.precision"),
+        ("trainer.precision=16-mixed", "trainer.precision"),  # on a CPU Lightning runs bf16 instead
+        ("trainer.fast_dev_run=abc", "trainer.fast_dev_run"),
+        ("trainer.fast_dev_run=-1", "trainer.fast_dev_run"),
+        ("trainer.accelerator=tpu", "trainer.accelerator"),
+        ("+trainer.foo=1", "trainer.foo"),
+        ("noise=labels noise.file=x.npy noise.allow_implausible=maybe", "noise.allow_implausible"),
+        ("level=0.1 noise.matrix=Q.npy", "level"),  # a file's matrix: level unused
+        ("q=hoc q.rounds=0", "q.rounds"),
+        ("q=hoc q.steps=0", "q.steps"),
+        ("q=hoc q.rounds=1.5", "q.rounds"),
+        ("q=hoc noise=outlier", "q"),
+        ("q=trevision noise=outlier", "q"),
+        ("q=trevision q.revision_lr=0", "q.revision_lr"),
+        ("noise=instance noise.rate_sd=0", "noise.rate_sd"),
+        ("noise=instance noise.rate_sd=-1", "noise.rate_sd"),
+        ("noise=instance level=1.5", "level"),
+        ("q=custom q._target_=builtins.print", "q._target_"),  # a function
+        ("q=custom q._target_=collections.OrderedDict", "q._target_"),  # a plain class
+        ("q=custom q._target_=noisy_convnet.estimators.QEstimator", "q._target_"),  # the abstract base
+        ("noise=custom noise._target_=noisy_convnet.estimators.NoQ", "noise._target_"),  # the other family
+        ("noise=custom noise._target_=noisy_convnet.noise_models.NoiseModel", "noise._target_"),
     ],
 )
-def test_every_user_key_is_checked_before_any_work(make_cfg, override, key):
+def test_every_user_key_is_checked_before_any_work(make_cfg, override, key, tmp_path):
     """Values that reached torch, numpy or Lightning before any check (tracebacks, or silently ignored)."""
+    np.save(tmp_path / "Q.npy", np.eye(10))
     with pytest.raises(UserError, match=f"^{key}: "):
-        config.validate(make_cfg(override))
+        config.validate(make_cfg(*override.replace("Q.npy", str(tmp_path / "Q.npy")).split()))
 
 
 @pytest.mark.parametrize(
@@ -170,6 +200,10 @@ def test_every_user_key_is_checked_before_any_work(make_cfg, override, key):
         (["model=alexnet"], "model"),  # too deep for 8x8 images
         (["early_stopping=true", "data.val_fraction=0.0001"], "data.val_fraction"),  # rounds to no image
         (["q.warmup_epochs=3", "trainer.max_epochs=3"], "q.warmup_epochs"),  # Q never leaves its start
+        (["early_stopping=true", "data.val_fraction=0.02"], "data.val_fraction"),  # 36 images: under 10 per class
+        (["q=anchor", "data.val_fraction=0.02"], "data.val_fraction"),
+        (["model.hidden=0"], "model"),  # a net that cannot learn
+        (["q=hoc", "q.sample_size=100000"], "q.sample_size"),  # more than the training images
     ],
 )
 def test_what_needs_the_data_is_checked_before_training(make_cfg, tmp_path, overrides, key):

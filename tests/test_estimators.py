@@ -88,7 +88,7 @@ def test_a_run_records_the_q_its_saved_probabilities_give(make_cfg, tmp_path):
     for q, trainings in (("anchor", 2), ("dualt", 2), ("confident", 4)):
         r = run(make_cfg(f"q={q}", *common, run_dir=tmp_path / q))
         probs = np.load(tmp_path / q / "probs.npy")
-        labels = np.load(tmp_path / q / "noisy_labels.npy")
+        labels = np.load(tmp_path / q / "noisy_labels.npy")[: len(probs)]  # the training part comes first
         assert probs.shape == (len(labels), K) and r.trainings == trainings
         assert np.isfinite(probs).all() and np.allclose(probs.sum(1), 1)
         if q == "anchor":
@@ -155,7 +155,7 @@ def test_the_example_estimator_runs_through_make(tmp_path):
 
     from .conftest import ROOT
 
-    args = f"data=digits data.train_size=300 trainer.max_epochs=2 logger=none hydra.run.dir={tmp_path / 'run'}"
+    args = f"data=digits data.train_size=1000 trainer.max_epochs=2 logger=none hydra.run.dir={tmp_path / 'run'}"
     p = subprocess.run(["make", "-s", "example-estimator", f"ARGS={args} +q.smoothing=0.5"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)  # fmt: skip
     assert p.returncode == 0, p.stderr
@@ -171,3 +171,18 @@ def test_the_example_estimator_runs_through_make(tmp_path):
 def test_a_custom_estimator_needs_its_target(make_cfg):
     with pytest.raises(UserError, match=r"^q._target_: required"):
         config.validate(make_cfg("q=custom"))
+
+
+def test_hoc_and_trevision_run_and_record_what_they_promise(make_cfg, tmp_path):
+    common = ["noise.matrix=uniform", "level=0.4", "trainer.max_epochs=3"]
+    h = run(make_cfg("q=hoc", "q.rounds=2", "q.steps=200", *common, run_dir=tmp_path / "hoc"))
+    n_train = round(0.9 * len(np.load(tmp_path / "hoc" / "noisy_labels.npy")))
+    assert h.fields["sample_size"] == n_train and h.trainings == 2 and [s.name for s in h.stages] == ["plain"]
+    assert np.allclose(np.array(h.Q).sum(axis=0), 1.0) and h.q_error == pytest.approx(
+        noise.q_error(np.array(h.Q), np.array(h.Q_true)), abs=1e-6)  # fmt: skip
+    t = run(make_cfg("q=trevision", *common, run_dir=tmp_path / "trev"))
+    assert t.trainings == 3 and t.q_estimated
+    anchor, revised = np.array(t.fields["T_anchor"]), np.array(t.fields["T_revised"])
+    assert t.fields["q_error_anchor"] == pytest.approx(noise.q_error(anchor.T, np.array(t.Q_true)), abs=1e-6)
+    assert t.fields["q_error_revised"] == pytest.approx(t.q_error, abs=1e-6)
+    assert not np.allclose(anchor, revised)  # the slack moved

@@ -165,3 +165,55 @@ def test_learned_q_moves_toward_q_true_when_the_base_model_is_right(param, opt_c
         layer.project_()
     end = noise.q_error(layer.q().detach().numpy(), q_true)
     assert start > 0.7 and end < 0.1
+
+
+def _revise(t_start, steps=300, lr=1e-4, seed=0):
+    """T-Revision's revision with an oracle net (logits that favour the true class) frozen: only dT learns."""
+    from noisy_convnet.layers import ImportanceLayer, stochastic_rows
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    n = 20_000
+    y = rng.integers(0, K, n)
+    q = noise.random(K, 0.4, rng)
+    y_noisy = torch.as_tensor(noise.corrupt(y, q, rng))
+    logits = 0.5 * torch.randn(n, K)
+    logits[torch.arange(n), torch.as_tensor(y)] += 3.0
+    layer = ImportanceLayer(t_start(q.T), revise=True, lr=lr)
+    opt = torch.optim.Adam([layer.delta], lr=lr)
+    for _ in range(steps):
+        idx = torch.randint(0, n, (128,))
+        opt.zero_grad()
+        layer.nll(logits[idx], y_noisy[idx]).backward()
+        opt.step()
+    before = noise.q_error(t_start(q.T).T, q)
+    return before, noise.q_error(stochastic_rows(layer.t().detach().numpy()).T, q)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_revision_lowers_the_error_of_an_anchor_t_that_underestimates_the_noise(seed):
+    """From T shrunk halfway to the identity (anchors' usual error: too little noise), the revision's
+    gradient adds mass where the clean posterior and the noisy label disagree: q_error falls."""
+    before, after = _revise(lambda t: 0.5 * t + 0.5 * np.eye(K), steps=500, seed=seed)
+    assert after < before - 0.08
+
+
+def test_the_revision_has_no_minimum_at_the_true_t():
+    """Measured, not hoped: started at the true T, the revision moves away from it (its loss falls as T's
+    entries grow), which is why it runs at a small learning rate for a bounded number of steps."""
+    before, after = _revise(lambda t: t)
+    assert before == pytest.approx(0.0) and after > 0.02
+
+
+def test_reweighting_detaches_the_weight_and_revision_keeps_it():
+    from noisy_convnet.layers import ImportanceLayer
+
+    logits, y = torch.randn(16, K, requires_grad=True), torch.randint(0, K, (16,))
+    t = noise.uniform(K, 0.3).T
+    fixed = ImportanceLayer(t, revise=False)
+    assert fixed.delta is None and list(fixed.parameters()) == []
+    revised = ImportanceLayer(t, revise=True, lr=1e-3)
+    revised.nll(logits, y).backward()
+    assert revised.delta.grad is not None and revised.delta.grad.abs().sum() > 0
+    with torch.no_grad():  # at dT = 0 both weigh the same cross entropy
+        assert torch.allclose(fixed.nll(logits, y), revised.nll(logits, y))

@@ -117,3 +117,50 @@ def test_outlier_matrix_eq8():
     np.testing.assert_allclose(q[:K, K], 0.9 / K)
     assert noise.is_singular(noise.outlier(K, 0.0))
     assert not noise.is_singular(q)
+
+
+def test_instance_noise_flips_each_image_at_its_own_rate():
+    """Rates centred on the level with sd near 0.1; an image flips with exactly its rate, never to its own
+    class; the same seed gives the same labels."""
+    rng = np.random.default_rng(0)
+    n, k = 20_000, 10
+    x, y = rng.integers(0, 256, (n, 64)), rng.integers(0, k, n)
+    rates = noise.instance_rates(n, 0.4, 0.1, np.random.default_rng(1))
+    assert abs(rates.mean() - 0.4) < 0.005 and abs(rates.std() - 0.1) < 0.005 and (rates >= 0).all()
+    flipped = noise.instance_flip(x, y, k, rates, np.random.default_rng(2)) != y
+    assert abs(flipped.mean() - rates.mean()) < 0.015
+    order = np.argsort(rates)
+    low, high = flipped[order[: n // 4]].mean(), flipped[order[-n // 4 :]].mean()
+    assert high - low > 0.2  # E: 0.53 vs 0.27 for the top and bottom quarters
+    again = noise.instance_flip(x, y, k, rates, np.random.default_rng(2))
+    assert np.array_equal(again, noise.instance_flip(x, y, k, rates, np.random.default_rng(2)))
+
+
+def test_instance_noise_depends_on_the_image():
+    """Raw pixels make the projection's softmax nearly one-hot: images of one class flip to many classes,
+    each image almost always to one of its own."""
+    rng = np.random.default_rng(0)
+    n, k = 2_000, 10
+    x, y = rng.integers(0, 256, (n, 64)), np.zeros(n, dtype=np.int64)
+    p = noise.instance_transition(x, y, k, np.full(n, 0.5), rng)
+    assert np.allclose(p.sum(axis=1), 1.0) and np.allclose(p[:, 0], 0.5)  # the rate leaves the own class
+    target = p[:, 1:].argmax(axis=1)
+    assert len(np.unique(target)) >= 3  # class 0 flips to several classes, image by image (the pixels' common
+    # mean dominates x W[y], so a few targets take most flips: on MNIST-5k at 0.4, class 0's go 112 of 147 to 2)
+    assert (p[:, 1:].max(axis=1) > 0.45).mean() > 0.9  # and each image to one class
+
+
+@pytest.mark.parametrize("level", [0.2, 0.4])
+def test_instance_noise_on_mnist5k_realises_its_level(level):
+    from types import SimpleNamespace
+
+    from noisy_convnet import datasets
+    from noisy_convnet.noise_models import InstanceNoise
+
+    ds = datasets.load("mnist5k")
+    noisy = InstanceNoise(0.1).apply(ds, SimpleNamespace(train_size=None), level, seed=0)
+    assert abs(noisy.actual_noise - level) < 0.02
+    assert np.allclose(noisy.q_true.sum(axis=0), 1.0) and noisy.files["flip_rates.npy"].shape == (len(noisy.train),)
+    assert np.array_equal(ds.pool.y.numpy()[noisy.indices], noisy.y_true)  # indices point into the pool
+    again = InstanceNoise(0.1).apply(ds, SimpleNamespace(train_size=None), level, seed=0)
+    assert np.array_equal(again.train.y.numpy(), noisy.train.y.numpy())

@@ -4,7 +4,7 @@
 A user error (bad level, unknown data set or option, malformed matrix file, ...) ends with one line on
 stderr naming the key and what is allowed, and exit status 2; Hydra's own composition errors are turned
 into that line too (config.user_error). In a sweep, a bad cell says so in one line and the others run.
-A training that diverges ends with one line and exit status 1.
+A training that diverges ends with one line and exit status 1 (in a sweep: one line, and the other cells run).
 """
 
 import os
@@ -32,7 +32,10 @@ def main(cfg: DictConfig) -> float:
             print(f"error: cell {hc.job.override_dirname or hc.job.num}: {e}", file=sys.stderr)
             return float("nan")
         _exit(e, 2)
-    except Diverged as e:  # not a result: fail the run (and a sweep) loudly, without a traceback
+    except Diverged as e:  # not a result: fail the run loudly, without a traceback; in a sweep, this cell only
+        if sweep_cell() is not None:
+            print(f"error: cell {hc.job.override_dirname or hc.job.num}: {e}", file=sys.stderr)
+            return float("nan")
         _exit(e, 1)
     print(f"test error {record.test_error:.4f}  results: {record.config['run_dir']}/results.json")
     return record.test_error
@@ -47,6 +50,8 @@ def entry() -> None:
     """The console script: Hydra re-raises its composition errors (HYDRA_FULL_ERROR) so that they end in
     one line here; any other exception is a bug and keeps its traceback."""
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    if "" not in sys.path and os.getcwd() not in sys.path:  # q._target_=my_module.MyQ finds ./my_module.py, as
+        sys.path.insert(0, os.getcwd())  # python train.py and python -m noisy_convnet do
     os.environ[SWEEP_PID] = str(os.getpid())  # joblib's workers stop when this process is gone
     try:
         main()

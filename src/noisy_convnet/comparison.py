@@ -10,8 +10,10 @@ import pandas as pd
 
 
 def _setting(df: pd.DataFrame) -> pd.Series:
-    """The noise a run was trained under, as a column label: e.g. "uniform 0.5"."""
-    return df["matrix"].astype(str) + " " + df["level"].map("{:g}".format)
+    """The noise a run was trained under, as a column label: e.g. "uniform 0.5", "instance 0.2" (the noise
+    model's name where Q* has no kind)."""
+    kind = df["matrix"].where(df["matrix"].notna(), df["noise"]) if "noise" in df else df["matrix"]
+    return kind.astype(str) + " " + df["level"].map("{:g}".format)
 
 
 def comparison(df: pd.DataFrame) -> pd.DataFrame:

@@ -137,9 +137,13 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path 
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    run_dirs = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "hydra.run.dir"]
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            return hydra_compose("train", overrides=list(overrides))
+            cfg = hydra_compose("train", overrides=list(overrides))
+        if run_dirs and cfg.get("run_dir") is None:  # outside Hydra's runtime, its run folder is run_dir
+            cfg.run_dir = run_dirs[-1]
+        return cfg
     except Exception as e:
         err = user_error(e, overrides)
         if err is None:
@@ -171,6 +175,20 @@ def build(node: DictConfig, key: str, **kwargs):
         cause = e.__cause__  # a constructor refusing its arguments (e.g. a network too deep for the images)
         why = cause if isinstance(cause, (TypeError, ValueError, RuntimeError)) else str(e).splitlines()[0]
         raise UserError(f"{key}: cannot build {node.get('_target_')} ({why})") from None
+
+
+def built(obj, node: DictConfig, key: str, base: type, method: str):
+    """obj, checked to be what ``key`` must build: an instance of a subclass of ``base`` that implements
+    ``method`` (a function, a plain class, a class of the other family or the abstract base is refused)."""
+    target = node.get("_target_")
+    what = f"{base.__module__}.{base.__name__}"
+    if not isinstance(obj, base):
+        kind = "a class" if isinstance(obj, type) else type(obj).__name__
+        raise UserError(f"{key}._target_: '{target}' builds {kind}, not a {what}; name a subclass of it")
+    if getattr(type(obj), method) is getattr(base, method):
+        raise UserError(f"{key}._target_: '{target}' does not implement {method}(); name a subclass of {what} "
+                        f"that does")  # fmt: skip
+    return obj
 
 
 def _number(value, integer: bool = False) -> bool:
@@ -209,6 +227,38 @@ CHECKS = (
 )
 
 
+# trainer.precision values that train as they say on each device (others fail in Lightning, or run something
+# else: 16-mixed on a CPU is bf16; 64-true and bf16-true do not take the float32 images)
+PRECISIONS = {"cpu": ("32-true", "bf16-mixed"), "cuda": ("32-true", "16-mixed", "bf16-mixed")}
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+
+
+def _check_trainer(cfg: DictConfig) -> None:
+    """The trainer keys Lightning would take with a traceback, or run as something else, refused in one line."""
+    import inspect
+
+    import pytorch_lightning as pl
+
+    from .devices import training_device
+
+    known = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
+    for key in cfg.trainer:
+        if key != "_target_" and key not in known:
+            raise UserError(f"trainer.{key}: not an argument of pytorch_lightning.Trainer")
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator not in ACCELERATORS:
+        raise UserError(f"trainer.accelerator: {accelerator!r} is not allowed; {_allowed(ACCELERATORS)}")
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    precision = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}.get(precision, precision)
+    device = training_device(cfg).type
+    if precision not in PRECISIONS[device]:
+        raise UserError(f"trainer.precision: {precision!r} is not allowed on {device}; "
+                        f"{_allowed(PRECISIONS[device])}")  # fmt: skip
+    fast = cfg.trainer.get("fast_dev_run", False)
+    if not isinstance(fast, bool) and not (_number(fast, True) and fast >= 1):
+        raise UserError(f"trainer.fast_dev_run: {fast!r} is not allowed; true, false or a number of batches >= 1")
+
+
 def _check(cfg: DictConfig, key: str, ok, allowed: str) -> None:
     value = OmegaConf.select(cfg, key, default="__absent__")
     if value == "__absent__":
@@ -229,17 +279,21 @@ def validate(cfg: DictConfig) -> DictConfig:
     cfg = typed(cfg)
     for key, ok, allowed in CHECKS:
         _check(cfg, key, ok, allowed)
+    _check_trainer(cfg)
     if cfg.data.name not in datasets.NAMES:
         raise UserError(f"data.name: unknown data set '{cfg.data.name}'; allowed: {_allowed(datasets.NAMES)}")
     if cfg.early_stopping and cfg.data.val_fraction == 0:
         raise UserError("early_stopping: needs a validation slice; set data.val_fraction > 0")
-    noise_model = build(cfg.noise, "noise")
+    from .estimators import QEstimator
+    from .noise_models import NoiseModel
+
+    noise_model = built(build(cfg.noise, "noise"), cfg.noise, "noise", NoiseModel, "apply")
     if not noise_model.uses_level and not math.isclose(cfg.level, TrainConf.level):
         raise UserError(
             f"level: noise={noise_model.name} does not use level (it would train the same model for every value); "
             f"leave it at its default{noise_model.level_hint}"
         )
-    estimator = build(cfg.q, "q")
+    estimator = built(build(cfg.q, "q"), cfg.q, "q", QEstimator, "fit")
     estimator.check(noise_model)
     needs = estimator.needs_validation()
     if needs and cfg.data.val_fraction == 0:

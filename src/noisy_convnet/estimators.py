@@ -124,8 +124,8 @@ class LearnedQ(QEstimator):
             raise UserError(f"q.param: unknown '{param}'; allowed: {', '.join(PARAMS)}")
         if regulariser not in REGULARISERS:
             raise UserError(f"q.regulariser: unknown '{regulariser}'; allowed: {', '.join(REGULARISERS)}")
-        if warmup_epochs < 0:
-            raise UserError(f"q.warmup_epochs: {warmup_epochs} must be >= 0")
+        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+            raise UserError(f"q.warmup_epochs: {warmup_epochs!r} must be a whole number >= 0")
         self.param, self.regulariser, self.warmup_epochs = param, regulariser, int(warmup_epochs)
         self.lists = {
             "reg_weight": _numbers("reg_weight", reg_weight, lambda w: w >= 0, ">= 0"),
@@ -244,16 +244,18 @@ class _KClasses(QEstimator):
 
 
 class _ForwardCorrection(_KClasses):
-    """Two stages: Q_hat from p(noisy | x) of early-stopped plain nets on the training part (``estimate``),
-    then a fresh net trained through Q_hat, fixed, with the run's own protocol. Keeps the probabilities
-    and the noisy labels it estimated from as probs.npy and noisy_labels.npy in the run directory."""
+    """Two stages: Q_hat from early-stopped plain nets on the training part (``estimate``), then a fresh net
+    trained through Q_hat, fixed, with the run's own protocol. Keeps the p(noisy | x) it estimated from as
+    probs.npy in the run directory (rows: the first rows of the run's noisy_labels.npy, the training part)."""
 
     estimated = True
 
     def needs_validation(self) -> str | None:
         return f"q: q={self.name} early-stops its plain net on the noisy validation slice, which needs one"
 
-    def estimate(self, k: int, train: Split, val: Split, trainers: Trainers) -> tuple[np.ndarray, np.ndarray, dict]:
+    def estimate(self, k: int, train: Split, val: Split, trainers: Trainers
+                 ) -> tuple[np.ndarray, np.ndarray | None, dict]:  # fmt: skip
+        """(Q_hat, the p(noisy | x) it came from or None, record fields)."""
         raise NotImplementedError
 
     def plain(self, k: int, train: Split, val: Split, trainers: Trainers, predict: Split,
@@ -266,9 +268,8 @@ class _ForwardCorrection(_KClasses):
         k, t0 = self.outputs(noisy), time.perf_counter()
         q_hat, probs, fields = self.estimate(k, train, val, trainers)
         estimate_s = time.perf_counter() - t0
-        labels = train.y.numpy()
-        save_array(trainers.context.artifacts / "probs.npy", probs)
-        save_array(trainers.context.artifacts / "noisy_labels.npy", labels)
+        if probs is not None:
+            save_array(trainers.context.artifacts / "probs.npy", probs)
         if not np.isfinite(q_hat).all():
             raise Diverged(f"q={self.name}: its estimate of Q is not finite")
         forward = trainers.fit(FixedNoiseLayer(q_hat), train, val)
@@ -344,13 +345,117 @@ class VolMinQ(_KClasses):
     name, label, estimated = "volmin", "VolMinNet", True
 
     def __init__(self, init: float, vol_weight: float, lr: float):
-        for key, value, ok, allowed in (("init", init, True, ""), ("vol_weight", vol_weight, vol_weight >= 0, " >= 0"),
-                                        ("lr", lr, lr > 0, " > 0")):  # fmt: skip
-            if not np.isfinite(value) or not ok:
-                raise UserError(f"q.{key}: {value} must be a finite number{allowed}")
+        for key, value, allowed in (("init", init, ""), ("vol_weight", vol_weight, " >= 0"), ("lr", lr, " > 0")):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+            if not number or (key == "vol_weight" and value < 0) or (key == "lr" and value <= 0):
+                raise UserError(f"q.{key}: {value!r} must be a finite number{allowed}")
         self.init, self.vol_weight, self.lr = float(init), float(vol_weight), float(lr)
 
     def fit(self, noisy, train, val, trainers) -> Fitted:
         layer = VolMinNoiseLayer(self.outputs(noisy), self.init, self.vol_weight, self.lr)
         t = trainers.fit(layer, train, val)
         return Fitted(t, self.q_of(t))
+
+
+def _whole(key: str, value, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserError(f"q.{key}: {value!r} must be a whole number >= {low}")
+    return value
+
+
+def _positive(key: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise UserError(f"q.{key}: {value!r} must be a finite number > 0")
+    return float(value)
+
+
+class HocQ(_ForwardCorrection):
+    """HOC (Zhu et al. 2021; hoc.py): T from the first-, second- and third-order consensus of the noisy
+    labels of each image and its two nearest neighbours by the cosine similarity of the shared plain net's
+    penultimate features (or a feature file's), over ``rounds`` samples of ``sample_size`` images; T and
+    the prior fitted by Adam (``steps``, ``lr``); then forward correction through Q_hat = T^T."""
+
+    name, label = "hoc", "HOC"
+    SAMPLE = 15_000  # the authors' sample size, or every training image when there are fewer
+
+    def __init__(self, rounds: int, sample_size: int | None, steps: int, lr: float, features: str | None):
+        self.rounds, self.steps = _whole("rounds", rounds, 1), _whole("steps", steps, 1)
+        self.sample_size = None if sample_size is None else _whole("sample_size", sample_size, 3)
+        self.lr, self.features = _positive("lr", lr), features
+
+    def needs_validation(self) -> str | None:
+        return None if self.features else super().needs_validation()
+
+    def estimate(self, k, train, val, trainers):
+        from . import hoc
+
+        n = len(train)
+        if self.sample_size is not None and self.sample_size > n:
+            raise UserError(f"q.sample_size: {self.sample_size} is more than the {n} training images; at most {n} "
+                            "(null: the authors' 15,000 or all of them when fewer)")  # fmt: skip
+        size = self.sample_size or min(self.SAMPLE, n)
+        fields = {"sample_size": size}
+        if self.features:
+            features = _feature_file(self.features, n)
+        else:
+            plain = trainers.fit(NoiseLayer(k), train, val, early_stopping=True, predict=train, outputs=("features",),
+                                 stage=PLAIN)  # fmt: skip
+            features, fields["plain_test_error"] = plain.features, plain.test.test_error
+        seed = trainers.context.seed
+        counts = hoc.consensus(features, train.y.numpy(), k, self.rounds, size, np.random.default_rng([seed, 7]))
+        t, loss = hoc.fit_t(*counts, self.steps, self.lr, seed)
+        return t.T, None, {**fields, "hoc_loss": loss}
+
+
+def _feature_file(path: str, n: int) -> np.ndarray:
+    """q.features: a .npy of N x D features, one row per image of the training part, in its order."""
+    from pathlib import Path
+
+    from hydra.utils import to_absolute_path
+
+    p = Path(to_absolute_path(path))
+    try:
+        f = np.load(p)
+    except (OSError, ValueError, EOFError) as e:
+        raise UserError(f"q.features: cannot read '{path}' as a .npy array ({str(e) or 'empty file'})") from None
+    if f.ndim != 2 or len(f) != n or not np.isfinite(f).all():
+        raise UserError(f"q.features: '{path}' holds an array of shape {f.shape}; one finite row per training image "
+                        f"({n}, D) is needed")  # fmt: skip
+    return f
+
+
+class TRevisionQ(_KClasses):
+    """T-Revision (Xia et al. 2019) in three trainings: (1) the anchor T from the shared early-stopped plain
+    net (the authors' best-validation epoch); (2) importance reweighting through that T, continuing the
+    plain net, early-stopped on the noisy validation slice (their best-validation epoch); (3) revision:
+    continuing (2), the slack dT learned with the network, both at ``revision_lr`` (the authors' one Adam
+    learning rate for the two), with the run's protocol, and tested. Q is T + dT with negative entries
+    clipped and rows normalised (it is unconstrained while it trains); the record keeps T before and after
+    revision and both q_errors. Departs from the authors' code where it is wrong (layers.ImportanceLayer)."""
+
+    name, label, estimated = "trevision", "T-Revision", True
+
+    def __init__(self, anchor_percentile: float, revision_lr: float):
+        self.percentile, self.revision_lr = _percentile(anchor_percentile), _positive("revision_lr", revision_lr)
+
+    def needs_validation(self) -> str | None:
+        return "q: q=trevision early-stops its plain net and its reweighting on the noisy validation slice"
+
+    def fit(self, noisy, train, val, trainers) -> Fitted:
+        from .layers import ImportanceLayer, stochastic_rows
+
+        k = self.outputs(noisy)
+        plain = trainers.fit(NoiseLayer(k), train, val, early_stopping=True, predict=train, stage=PLAIN)
+        t_anchor = anchor_t(plain.probs, self.percentile)
+        weighted = trainers.fit(ImportanceLayer(t_anchor, revise=False), train, val, early_stopping=True, init=plain)
+        revised = trainers.fit(ImportanceLayer(t_anchor, revise=True, lr=self.revision_lr), train, val, init=weighted,
+                               net_lr=self.revision_lr)  # fmt: skip
+        t_raw = revised.module.noise.t().detach().cpu().numpy().astype(np.float64)
+        if not np.isfinite(t_raw).all():
+            raise Diverged("q=trevision: the revised T is not finite (lower q.revision_lr)")
+        q = stochastic_rows(t_raw).T
+        fields = {"plain_test_error": plain.test.test_error, "reweighted_test_error": weighted.test.test_error,
+                  "T_anchor": t_anchor, "T_revised": t_raw,
+                  "q_error_anchor": noise.q_error(t_anchor.T, noisy.q_true),
+                  "q_error_revised": noise.q_error(q, noisy.q_true)}  # fmt: skip
+        return Fitted(revised, q, fields)

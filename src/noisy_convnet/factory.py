@@ -2,12 +2,14 @@
 
 An estimator sees ``Trainers.fit`` and ``Trainers.context`` and nothing else:
 
-  fit(layer, train, val, *, early_stopping=None, init=None, init_noise=False, predict=None,
+  fit(layer, train, val, *, early_stopping=None, init=None, init_noise=False, net_lr=None, predict=None,
       outputs=("probs",), stage=None) -> Training
       layer           the noise layer the base net trains through (its class count sizes the net)
       early_stopping  None: the run's protocol; True/False: this training's own
       init            a Training to warm-start from: its base net's weights (and, with init_noise, its noise
                       layer's) instead of the seeded fresh ones
+      net_lr          the base net's learning rate for this training (None: the optimiser's), e.g. a
+                      fine-tuning stage's small one; the run's schedule still shapes it
       predict         images to compute ``outputs`` on after the training, in their order:
                       "probs" p(noisy | x) (N x K), "features" the base net's penultimate layer (N x D)
       stage           a name: a training with the same inputs (stages.py) is trained once per sweep (or run)
@@ -22,8 +24,10 @@ images. A training killed half-way resumes from its last checkpoint (model, Q, o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,19 +35,20 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .data import FolderDataModule, TensorDataModule
 from .datasets import Split
-from .devices import channels_last
-from .errors import Diverged
+from .devices import channels_last, training_device
+from .errors import Diverged, UserError
 from .files import write_atomic
 from .identity import cell_config
 from .layers import NoiseLayer
 from .loggers import build_loggers, finish_wandb
 from .module import NoisyLabelModule
-from .record import StageUse
+from .record import StageUse, provenance
 from .stages import StageStore, digest, stage_key
 
 log = logging.getLogger(__name__)
@@ -115,8 +120,9 @@ class Trainers:
         return FolderDataModule(train, val, test, d.batch_size, d.num_workers, seed, cl, predict)
 
     def fit(self, layer: NoiseLayer, train: Split, val: Split, *, early_stopping: bool | None = None,
-            init: Training | None = None, init_noise: bool = False, predict: Split | None = None,
-            outputs: tuple[str, ...] = ("probs",), stage: str | None = None) -> Training:  # fmt: skip
+            init: Training | None = None, init_noise: bool = False, net_lr: float | None = None,
+            predict: Split | None = None, outputs: tuple[str, ...] = ("probs",), stage: str | None = None
+            ) -> Training:  # fmt: skip
         """Train a base net (with as many outputs as the layer has classes) through ``layer`` on ``train``,
         watching ``val``; test it (the best epoch's weights with early stopping) and, given ``predict``,
         compute ``outputs`` on its images. Raises Diverged when the loss or Q is not finite at the end."""
@@ -125,28 +131,28 @@ class Trainers:
             raise ValueError(f"outputs: unknown {sorted(unknown)}; allowed: {', '.join(OUTPUTS)}")
         es = self.context.early_stopping if early_stopping is None else bool(early_stopping)
         ask = (predict, tuple(outputs) if predict is not None else ())
+        start = (init, init_noise, net_lr)
         if stage is None or self._cfg.trainer.get("fast_dev_run"):  # a one-batch check shares nothing
             self._fits += 1
-            return self._train(
-                layer, train, val, es, init, init_noise, ask, self.run_dir / "checkpoints" / f"training{self._fits}"
-            )
-        key = stage_key(stage, self._stage_inputs(layer, train, val, es, init, init_noise))
+            checkpoints = self.run_dir / "checkpoints" / f"training{self._fits}"
+            return self._train(layer, train, val, es, start, ask, checkpoints)
+        key = stage_key(stage, self._stage_inputs(layer, train, val, es, start))
         with self.stages.claim(stage, key) as folder:  # a second cell asking for it waits here
             stored = self.stages.load(stage, key)
-            if stored is not None:
-                log.info("stage %s reused from %s", stage, folder)
-                training = self._reuse(stored, layer, train, val, ask)
-                training.stage = StageUse(stage, key, trained=False)
-            else:
-                training = self._train(layer, train, val, es, init, init_noise, ask, folder / "checkpoints")
+            if stored is None:
+                training = self._train(layer, train, val, es, start, ask, folder / "checkpoints")
                 training.stage = StageUse(stage, key, trained=True)
                 self.stages.save(stage, key, _state(training))
+        if stored is not None:  # outside the lock: the next waiting cell need not wait for this one's outputs
+            log.info("stage %s reused from %s", stage, folder)
+            training = self._reuse(stored, layer, train, val, ask)
+            training.stage = StageUse(stage, key, trained=False)
         self.used.append(training.stage)
         return training
 
-    def _stage_inputs(self, layer: NoiseLayer, train: Split, val: Split, es: bool, init: Training | None,
-                      init_noise: bool) -> dict:  # fmt: skip
+    def _stage_inputs(self, layer: NoiseLayer, train: Split, val: Split, es: bool, start: tuple) -> dict:
         """Exactly what decides a training's weights and test numbers (stages.py)."""
+        init, init_noise, net_lr = start
         cfg = OmegaConf.to_container(self._cfg, resolve=True)
         watched = cell_config({k: cfg.get(k) for k in ("model", "optim", "trainer")})  # volatile keys out
         scalars = {k: v for k, v in vars(layer).items() if isinstance(v, (bool, int, float, str, type(None)))}
@@ -157,29 +163,31 @@ class Trainers:
                 start["noise"] = {k: digest(v) for k, v in init.module.noise.state_dict().items()}
         return {
             "data": {name: _split_digest(s) for name, s in (("train", train), ("val", val), ("test", self.test_split))},
-            "seed": self.context.seed, **watched,
-            "protocol": {"early_stopping": es, "patience": cfg["patience"], "batch_size": cfg["data"]["batch_size"],
-                         "shift": cfg["data"]["shift"], "channels_last": self.channels_last},
+            "seed": self.context.seed, **watched, "code": provenance(),  # another commit or library: another stage
+            "device": training_device(self._cfg).type, "threads": torch.get_num_threads(),  # float sums differ
+            "protocol": {"early_stopping": es, "net_lr": net_lr, "patience": cfg["patience"],
+                         "batch_size": cfg["data"]["batch_size"], "shift": cfg["data"]["shift"],
+                         "channels_last": self.channels_last},
             "classes": self.num_classes, "shape": list(self.shape),
             "layer": {"type": f"{type(layer).__module__}.{type(layer).__qualname__}", **scalars,
                       "state": {k: digest(v) for k, v in layer.state_dict().items()}},
             "init": start,
         }  # fmt: skip
 
-    def _module(self, layer: NoiseLayer) -> NoisyLabelModule:
+    def _module(self, layer: NoiseLayer, net_lr: float | None = None) -> NoisyLabelModule:
         cfg = self._cfg
         pl.seed_everything(cfg.seed, workers=True, verbose=False)  # every training starts from the same weights
         net = instantiate(cfg.model, in_shape=self.shape, num_classes=layer.num_classes)
         return NoisyLabelModule(
             net, layer, instantiate(cfg.optim.optimizer), instantiate(cfg.optim.get("scheduler")),
-            q_true=self.q_true, num_classes=self.num_classes, channels_last=self.channels_last,
+            q_true=self.q_true, num_classes=self.num_classes, channels_last=self.channels_last, net_lr=net_lr,
         )  # fmt: skip
 
-    def _train(self, layer, train, val, es, init, init_noise, ask, checkpoints: Path) -> Training:
-        cfg, t_start = self._cfg, time.perf_counter()
+    def _train(self, layer, train, val, es, start, ask, checkpoints: Path) -> Training:
+        cfg, t_start, (init, init_noise, net_lr) = self._cfg, time.perf_counter(), start
         self.count += 1
         dm = self.datamodule(train, val, ask[0])
-        module = self._module(layer)
+        module = self._module(layer, net_lr)
         if init is not None:  # a warm start: the earlier training's weights instead of the seeded fresh ones
             module.net.load_state_dict(init.module.net.state_dict())
             if init_noise:
@@ -192,30 +200,36 @@ class Trainers:
             from pytorch_lightning.callbacks import LearningRateMonitor
 
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-        trainer: pl.Trainer = instantiate(
-            cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(self.run_dir),
-            enable_checkpointing=True,
-        )  # fmt: skip
+        trainer = self._trainer(logger=loggers or False, callbacks=callbacks, enable_checkpointing=True)
         last = checkpoints / "last.ckpt"  # a training killed or requeued half-way: resume where it stopped
         done = checkpoints / "done.json"  # a training that had ended: its fit-time numbers, kept
+        if last.is_file() and _unreadable(last):  # cut short by a kill while it was written
+            aside = checkpoints.with_name(f"{checkpoints.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+            checkpoints.rename(aside)
+            log.warning("training %d: its checkpoint %s cannot be read; set aside in %s, training again from the "
+                        "start", self.count, last, aside)  # fmt: skip
         if last.is_file():
             log.info("training %d resumes from %s", self.count, last)
         t_fit = time.perf_counter()
         trainer.fit(module, dm, ckpt_path=str(last) if last.is_file() else None)
         fit_s = time.perf_counter() - t_fit
         epochs = trainer.current_epoch
+        try:
+            _check_finite(trainer, module, self.count)  # a resumed end state too: its weights are checked
+        except Diverged:
+            shutil.rmtree(checkpoints, ignore_errors=True)  # never a result on rerun: it trains (and fails) again
+            raise
         if done.is_file() and last.is_file():  # fit restored the end state and had nothing left to do
             ended = json.loads(done.read_text())
             val_nll, images_per_s = ended["val_nll"], ended["images_per_s"]
         else:
-            _check_finite(trainer, layer, self.count)
             score = trainer.checkpoint_callback.best_model_score if es else trainer.callback_metrics.get("val/nll")
             val_nll, images_per_s = None if score is None else float(score), len(train) * epochs / fit_s
             if not trainer.fast_dev_run:
                 write_atomic(done, json.dumps({"val_nll": val_nll, "images_per_s": images_per_s}))
         best = es and not trainer.fast_dev_run  # a one-batch check keeps no checkpoint
         trainer.test(module, dm, ckpt_path="best" if best else None, verbose=False)  # loads the best weights
-        out = _outputs(trainer, module, dm, ask[1])
+        out = self._outputs(module, dm, ask[1])
         finish_wandb(trainer)
         return Training(module, epochs, val_nll, images_per_s, str(trainer.strategy.root_device),
                         _test_result(module.test_results), out.get("probs"), out.get("features"),
@@ -227,38 +241,65 @@ class Trainers:
         module = self._module(layer)
         module.net.load_state_dict(state["net"])
         module.noise.load_state_dict(state["noise"])
-        out = {}
-        if ask[0] is not None and ask[1]:
-            trainer: pl.Trainer = instantiate(self._cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
-                                              default_root_dir=str(self.run_dir))  # fmt: skip
-            out = _outputs(trainer, module, self.datamodule(train, val, ask[0]), ask[1])
+        out = self._outputs(module, self.datamodule(train, val, ask[0]), ask[1]) if ask[0] is not None else {}
         t = state["test"]
         pr = None if t.get("pr_curve") is None else {k: v.numpy() for k, v in t["pr_curve"].items()}
         test = TestResult(float(t["test_error"]), t["confusion"].numpy(), t.get("inlier_ap"), pr)
         return Training(module, int(state["epochs"]), state["val_nll"], float(state["images_per_s"]), state["device"],
                         test, out.get("probs"), out.get("features"), time.perf_counter() - t_start)  # fmt: skip
 
+    def _trainer(self, **kwargs) -> pl.Trainer:
+        """A Lightning Trainer from conf/trainer; Lightning's refusal of a setting is one line naming trainer."""
+        from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+        try:
+            return instantiate(self._cfg.trainer, default_root_dir=str(self.run_dir), **kwargs)
+        except InstantiationException as e:
+            cause = e.__cause__
+            if isinstance(cause, (MisconfigurationException, ValueError, TypeError)):
+                raise UserError(f"trainer: Lightning refuses these settings ({str(cause).splitlines()[0]})") from None
+            raise
+
+    def _outputs(self, module: NoisyLabelModule, dm, outputs: tuple[str, ...]) -> dict:
+        """``outputs`` of the module on the datamodule's predict images, all of them (a one-batch check too),
+        in their order, as numpy arrays."""
+        if not outputs:
+            return {}
+        trainer = self._trainer(logger=False, callbacks=[], enable_checkpointing=False, fast_dev_run=False)
+        module.predict_outputs = tuple(outputs)
+        try:
+            batches = trainer.predict(module, dm, return_predictions=True)
+        finally:
+            module.predict_outputs = ("probs",)
+        out = {name: torch.cat([b[name] for b in batches]).cpu() for name in outputs}
+        if "probs" in out:
+            out["probs"] = out["probs"].double().numpy()
+        if "features" in out:
+            out["features"] = out["features"].float().numpy()
+        return out
+
+
+def _unreadable(path: Path) -> bool:
+    try:
+        torch.load(path, map_location="cpu", weights_only=False)  # the project's own checkpoint, in its run folder
+        return False
+    except Exception:  # noqa: BLE001 -- torch raises several kinds for a cut file (EOFError, RuntimeError, ...)
+        return True
+
 
 def _split_digest(s: Split) -> dict:
-    source = None if s.source is None else f"{type(s.source).__name__}:{getattr(s.source, 'root', '')}"
-    return {"x": digest(s.x), "y": digest(s.y), "source": source}
+    return {"x": digest(s.x), "y": digest(s.y), "source": None if s.source is None else _source(s.source)}
 
 
-def _outputs(trainer: pl.Trainer, module: NoisyLabelModule, dm, outputs: tuple[str, ...]) -> dict:
-    """``outputs`` of the module on the datamodule's predict images, in their order, as numpy arrays."""
-    if not outputs:
-        return {}
-    module.predict_outputs = tuple(outputs)
-    try:
-        batches = trainer.predict(module, dm, return_predictions=True)
-    finally:
-        module.predict_outputs = ("probs",)
-    out = {name: torch.cat([b[name] for b in batches]).cpu() for name in outputs}
-    if "probs" in out:
-        out["probs"] = out["probs"].double().numpy()
-    if "features" in out:
-        out["features"] = out["features"].float().numpy()
-    return out
+def _source(source) -> str:
+    """What a file-backed split reads: its files (an image folder's samples, an outlier folder's list, a
+    concatenation of them) and transform, hashed."""
+    parts = [type(source).__qualname__]
+    for inner in getattr(source, "datasets", None) or [source]:  # a ConcatDataset: each of its parts
+        files = getattr(inner, "samples", None) or getattr(inner, "files", None)
+        parts += [type(inner).__qualname__, repr(files if files is not None else getattr(inner, "root", inner)),
+                  repr(getattr(inner, "transform", None))]  # fmt: skip
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def _state(t: Training) -> dict:
@@ -267,7 +308,7 @@ def _state(t: Training) -> dict:
     pr = None if test.pr_curve is None else {k: torch.as_tensor(v) for k, v in test.pr_curve.items()}
     return {
         "net": t.module.net.state_dict(), "noise": t.module.noise.state_dict(), "epochs": t.epochs,
-        "val_nll": t.val_nll, "images_per_s": t.images_per_s, "device": t.device, "seconds": t.seconds,
+        "val_nll": t.val_nll, "images_per_s": t.images_per_s, "device": t.device,
         "test": {"test_error": test.test_error, "confusion": torch.as_tensor(test.confusion),
                  "inlier_ap": test.inlier_ap, "pr_curve": pr},
     }  # fmt: skip
@@ -309,10 +350,12 @@ class RngState(pl.Callback):
             torch.cuda.set_rng_state(state["cuda"], self.device)
 
 
-def _check_finite(trainer: pl.Trainer, layer: NoiseLayer, count: int) -> None:
+def _check_finite(trainer: pl.Trainer, module: NoisyLabelModule, count: int) -> None:
     loss = trainer.callback_metrics.get("train/loss")
-    q = layer.q()
-    if (loss is not None and not torch.isfinite(loss).all()) or (q is not None and not torch.isfinite(q).all()):
+    q = module.noise.q()
+    weights = all(torch.isfinite(p).all() for p in module.parameters())
+    if (loss is not None and not torch.isfinite(loss).all()) or (q is not None and not torch.isfinite(q).all()) \
+            or not weights:  # fmt: skip
         raise Diverged(
             f"training {count} diverged: its loss or Q is not finite after epoch {trainer.current_epoch} "
             "(lower the learning rates or the regulariser weights)"

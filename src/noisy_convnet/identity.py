@@ -84,14 +84,29 @@ def _without_defaults(config: dict, defaults: dict) -> dict:
 
 
 def input_hashes(config: dict) -> dict:
-    """sha256 of every existing file the config's noise node names (a noise matrix, a label file): a cell
-    whose input file changed is not the same cell."""
+    """sha256 of every existing file the config's noise node names (a noise matrix, a label file) and, for
+    an image folder, of its listing (every file's path, size and modification time): a cell whose inputs
+    changed is not the same cell."""
     out = {}
     for value in _strings(config.get("noise") or {}):
         p = Path(value)
         if len(value) < 4096 and p.suffix and p.is_file():
             out[value] = hashlib.sha256(p.read_bytes()).hexdigest()
+    data = config.get("data") or {}
+    if data.get("name") == "imagefolder" and data.get("root") and Path(data["root"]).is_dir():
+        out[str(data["root"])] = _listing(Path(data["root"]))
     return out
+
+
+def _listing(root: Path) -> str:
+    import os
+
+    h = hashlib.sha256()
+    for folder, _dirs, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            st = os.stat(os.path.join(folder, name))
+            h.update(f"{os.path.relpath(os.path.join(folder, name), root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return "listing:" + h.hexdigest()
 
 
 def _strings(node):
@@ -128,10 +143,9 @@ class CellKey:
 
     @classmethod
     def stored(cls, record: dict, defaults: dict) -> CellKey | None:
-        """The key a results.json was written under (computed from its config for records that predate it)."""
-        cell = record.get("cell")
-        if isinstance(cell, dict) and isinstance(cell.get("config"), str) and isinstance(cell.get("inputs"), str):
-            return cls(cell["config"], cell["inputs"])
+        """The key of a results.json under today's schema defaults, computed from its config and input hashes
+        (its stored ``cell`` is what it was under the defaults of its day: a default changed since must not
+        make an old cell pass for one at the new default)."""
         if not isinstance(record.get("config"), dict):
             return None
         inputs = record.get("input_hashes")
@@ -168,36 +182,63 @@ def finished_beside(sweep_dir: str | Path, run_dir: str | Path, key: CellKey, de
     """A finished cell of the sweep with this very key in another folder (the same cell named by other
     overrides, e.g. with a default spelled out): (its folder, its record), else None. Found by its marker;
     a finished cell written before markers existed gets one here, once."""
-    sweep_dir, here = Path(sweep_dir), Path(run_dir).resolve()
+    sweep_dir, here, unmarked = Path(sweep_dir), Path(run_dir).resolve(), set()
     for results in sweep_dir.glob(f"*/{RESULTS_FILE}"):  # records that predate markers: mark them once
         if not any(results.parent.glob(f"{MARKER}*")):
+            unmarked.add(results.parent)
             record = _stored(results.parent)
             old = None if record is None else CellKey.stored(record, defaults)
             if old is not None:
-                mark(results.parent, old)
-    for marker in sorted(sweep_dir.glob(f"*/{MARKER}{key.id}")):
-        if marker.parent.resolve() != here:
-            record = finished(marker.parent, key, defaults)
+                try:
+                    mark(results.parent, old)
+                except OSError:  # a folder this process may not write (an archive): it is read, not marked
+                    pass
+    for folder in sorted({m.parent for m in sweep_dir.glob(f"*/{MARKER}{key.id}")} | unmarked):
+        if folder.resolve() != here:
+            record = finished(folder, key, defaults)  # the record itself decides (a marker may be stale)
             if record is not None:
-                return marker.parent, record
+                return folder, record
     return None
 
 
 def other_config(run_dir: str | Path, key: CellKey, defaults: dict) -> bool:
-    """run_dir holds a results.json of another cell config (not this one with changed input files): a run
-    must not overwrite another's results."""
+    """run_dir holds a results.json that is not this cell's (another config's, not this one with changed
+    input files; or a file this project did not write): a run must not overwrite it. A one-batch check's
+    record (trainer.fast_dev_run) is not a result and gives way."""
+    path = Path(run_dir) / RESULTS_FILE
+    if not path.exists():
+        return False
     record = _stored(Path(run_dir))
     stored = None if record is None else CellKey.stored(record, defaults)
-    return stored is not None and stored.config != key.config
+    if stored is None:
+        return True  # someone else's file
+    return stored.config != key.config and not ((record.get("config") or {}).get("trainer") or {}).get("fast_dev_run")
+
+
+CHECKPOINTS = "checkpoints"  # run_dir/checkpoints/training<N>/ and fingerprint.json: the run's own, nothing else
+
+
+def drop_checkpoints(run_dir: str | Path) -> None:
+    """Delete the checkpoints this project writes in run_dir (training<N>/ folders and the fingerprint),
+    and the checkpoints folder only if nothing else is left in it: a user's own files there stay."""
+    ckpt = Path(run_dir) / CHECKPOINTS
+    if not ckpt.is_dir():
+        return
+    for p in ckpt.iterdir():
+        if p.is_dir() and p.name.startswith("training") and not p.is_symlink():
+            shutil.rmtree(p)
+    (ckpt / "fingerprint.json").unlink(missing_ok=True)
+    if not any(ckpt.iterdir()):
+        ckpt.rmdir()
 
 
 def claim_checkpoints(run_dir: str | Path, key: CellKey) -> None:
-    """A killed run's checkpoints (run_dir/checkpoints) resume only the same cell key: any others are
-    deleted before the run trains."""
-    ckpt = Path(run_dir) / "checkpoints"
+    """A killed run's checkpoints (run_dir/checkpoints) resume only the same cell key: any others of this
+    project's are deleted before the run trains."""
+    ckpt = Path(run_dir) / CHECKPOINTS
     fingerprint = ckpt / "fingerprint.json"
     stamp = json.dumps({"cell": key.id})
     if ckpt.exists() and (not fingerprint.is_file() or fingerprint.read_text() != stamp):
-        shutil.rmtree(ckpt)
+        drop_checkpoints(run_dir)
     if not fingerprint.is_file():
         write_atomic(fingerprint, stamp)

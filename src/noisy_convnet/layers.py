@@ -206,3 +206,47 @@ class VolMinNoiseLayer(NoiseLayer):
 
     def regulariser(self, logits: torch.Tensor | None = None) -> torch.Tensor:
         return self.vol_weight * torch.linalg.slogdet(self.q())[1]
+
+
+class ImportanceLayer(NoiseLayer):
+    """T-Revision's importance reweighting (Xia et al. 2019): the loss is the cross entropy of the base
+    model on the noisy label, weighted per image by w = p(y~ | x) / (T^T p(. | x))[y~], where p is the base
+    model's softmax and T (row-stochastic, T[i, j] = p(noisy = j | true = i)) an estimate: the clean
+    posterior of the noisy label over its noisy posterior. Reweighting (``revise=False``): w is a constant
+    (detached). Revision (``revise=True``): T + dT with a slack dT (zero at the start, unconstrained, its own
+    constant learning rate ``lr``), and w keeps its gradient, the slack's only signal (the paper's method;
+    the authors' code adds dT once per image of a batch, and its batched version detaches w)."""
+
+    scheduled = False  # the slack's learning rate stays constant
+
+    def __init__(self, t: np.ndarray, revise: bool, lr: float | None = None):
+        t = torch.as_tensor(np.asarray(t), dtype=torch.float32)
+        super().__init__(t.shape[0])
+        self.revise = bool(revise)
+        self.register_buffer("t_hat", t.clone())
+        self.delta = nn.Parameter(torch.zeros_like(t)) if self.revise else None
+        self.lr = lr if self.revise else None
+
+    def t(self) -> torch.Tensor:
+        """T + dT (T alone when reweighting)."""
+        return self.t_hat if self.delta is None else self.t_hat + self.delta
+
+    def q(self) -> torch.Tensor:
+        return self.t().T  # this project's layout; T + dT need not stay stochastic
+
+    def nll(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        log_p = F.log_softmax(logits.float(), dim=1)
+        p = log_p.exp()
+        noisy = (p @ self.t()).gather(1, y[:, None]).squeeze(1)  # (T^T p)[y~] = p(noisy = y~ | x)
+        w = p.gather(1, y[:, None]).squeeze(1) / noisy.clamp_min(EPS)
+        if not self.revise:
+            w = w.detach()
+        return (w * F.nll_loss(log_p, y, reduction="none")).mean()
+
+
+def stochastic_rows(t: np.ndarray) -> np.ndarray:
+    """A matrix with negative entries clipped to 0 and rows scaled to sum to 1 (a revised T as a transition
+    matrix: what q_error compares)."""
+    t = np.clip(np.asarray(t, dtype=np.float64), 0.0, None)
+    sums = t.sum(axis=1, keepdims=True)
+    return np.where(sums > 0, t / np.where(sums > 0, sums, 1.0), 1.0 / t.shape[1])

@@ -36,6 +36,12 @@ class SmallConvNet(nn.Module):
         dropout: float,
     ):
         super().__init__()
+        if not channels or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in channels):
+            raise ValueError(f"model.channels: {list(channels)} must be whole numbers >= 1")
+        if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
+            raise ValueError(f"model.hidden: {hidden!r} must be a whole number >= 1")
+        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+            raise ValueError(f"model.dropout: {dropout!r} must be in [0, 1)")
         layers, c_in = [], in_shape[0]
         for c in channels:
             # The pool before the ReLU: the same outputs and gradients as ReLU then pool (max and ReLU commute),

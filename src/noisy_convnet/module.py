@@ -52,9 +52,11 @@ class NoisyLabelModule(pl.LightningModule):
         q_true: np.ndarray | None = None,
         num_classes: int | None = None,
         channels_last: bool = False,
+        net_lr: float | None = None,
     ):
         super().__init__()
         self.net, self.noise = net, noise_layer
+        self.net_lr = net_lr  # the base net's learning rate for this training (None: the optimiser's)
         self.optimizer_fn, self.scheduler_fn = optimizer, scheduler
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -174,7 +176,8 @@ class NoisyLabelModule(pl.LightningModule):
 
     # -- optimisation ---------------------------------------------------------------------------------
     def configure_optimizers(self):
-        groups = [{"params": [p for p in self.net.parameters() if p.requires_grad]}]
+        groups = [{"params": [p for p in self.net.parameters() if p.requires_grad],
+                   **({"lr": self.net_lr} if self.net_lr is not None else {})}]  # fmt: skip
         q_params = [p for p in self.noise.parameters() if p.requires_grad]
         if q_params:
             # Q has its own learning rate and no weight decay (decay would pull it off the simplex).

@@ -112,6 +112,42 @@ def corrupt(y: np.ndarray, q: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return np.minimum(noisy, q.shape[0] - 1).astype(np.int64)  # round-off at the top of the CDF
 
 
+def instance_rates(n: int, level: float, sd: float, rng: np.random.Generator) -> np.ndarray:
+    """Per-image flip rates (Xia et al. 2020, "Part-dependent label noise", tools.py): q_i drawn from a
+    normal of mean ``level`` and sd ``sd`` truncated to [0, 1]."""
+    from scipy.stats import truncnorm
+
+    return truncnorm.rvs((0.0 - level) / sd, (1.0 - level) / sd, loc=level, scale=sd, size=n, random_state=rng)
+
+
+def instance_flip(x: np.ndarray, y: np.ndarray, k: int, rates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Instance-dependent noisy labels (Xia et al. 2020): one draw from each row of instance_transition."""
+    p = instance_transition(x, y, k, rates, rng)
+    u = rng.random(len(y))
+    return np.minimum((p.cumsum(axis=1) < u[:, None]).sum(axis=1), k - 1).astype(np.int64)
+
+
+def instance_transition(x: np.ndarray, y: np.ndarray, k: int, rates: np.ndarray, rng: np.random.Generator
+                        ) -> np.ndarray:  # fmt: skip
+    """p(noisy = j | image i) of Xia et al.'s generator: W ~ N(0, 1) of shape (K, d, K), one projection per
+    true class; for image x (flattened, as given: raw 0..255 pixels in the authors' code) with label y,
+    softmax(x W[y]) over the other classes, scaled by its rate q_i, and 1 - q_i on y. The flip probability
+    of each image is exactly its rate; which class it flips to depends on the image."""
+    n, d = x.shape
+    w = rng.standard_normal((k, d, k)).astype(np.float32)
+    logits = np.empty((n, k), dtype=np.float64)
+    for c in range(k):
+        rows = np.flatnonzero(y == c)
+        if len(rows):
+            logits[rows] = x[rows].astype(np.float32) @ w[c]
+    logits[np.arange(n), y] = -np.inf
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    p *= (rates / p.sum(axis=1))[:, None]
+    p[np.arange(n), y] += 1.0 - rates
+    return p
+
+
 def realised(y_true: np.ndarray, y_noisy: np.ndarray, k: int) -> np.ndarray:
     """The empirical transition matrix of a corruption, same layout as Q (columns = true class)."""
     counts = np.zeros((k, k))
@@ -122,6 +158,20 @@ def realised(y_true: np.ndarray, y_noisy: np.ndarray, k: int) -> np.ndarray:
 def q_error(q: np.ndarray, q_true: np.ndarray) -> float:
     """Mean over columns of the L1 distance between two transition matrices (0 = equal, 2 = disjoint)."""
     return float(np.abs(q - q_true).sum(axis=0).mean())
+
+
+def load_pt_labels(path: Path):
+    """A .pt file of labels (CIFAR-N's dict of numpy arrays, a tensor, a list) read without running code:
+    torch.load(weights_only=True), with numpy's array and dtype reconstruction allowed and nothing else."""
+    import torch
+
+    core = getattr(np, "_core", None) or np.core  # numpy >= 2 moved it; files pickled by numpy 1 name numpy.core
+    allowed = [np.ndarray, np.dtype, *(getattr(np.dtypes, n) for n in np.dtypes.__all__)]
+    for name in ("_reconstruct", "scalar"):
+        fn = getattr(core.multiarray, name)
+        allowed += [fn, (fn, f"numpy.core.multiarray.{name}"), (fn, f"numpy._core.multiarray.{name}")]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, weights_only=True, map_location="cpu")
 
 
 def labels_from_file(path: str | Path, column: str | None, n: int, k: int) -> np.ndarray:
@@ -139,7 +189,7 @@ def labels_from_file(path: str | Path, column: str | None, n: int, k: int) -> np
         elif path.suffix == ".pt":
             import torch
 
-            obj = torch.load(path, weights_only=False)
+            obj = load_pt_labels(path)
             if not isinstance(obj, (dict, torch.Tensor, np.ndarray, list, tuple)):
                 raise ValueError(f"it holds a {type(obj).__name__}; a vector of labels or a dict of them is needed")
             table = dict(obj) if isinstance(obj, dict) else {None: np.asarray(obj)}  # CIFAR-N's dict, or one vector
@@ -148,6 +198,9 @@ def labels_from_file(path: str | Path, column: str | None, n: int, k: int) -> np
 
             table = dict(pd.read_csv(path).items())
     except (ValueError, OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:  # RuntimeError: torch.load's
+        if "weights_only" in str(e) or "Unsupported global" in str(e):  # a pickle that asks for more than data
+            raise UserError(f"noise.file: '{path}' holds objects other than arrays of labels; refused (reading it "
+                            "would run code from the file)") from None  # fmt: skip
         raise UserError(f"noise.file: cannot read '{path}' ({str(e) or 'empty file'})") from None
     if column is None and len(table) != 1:
         raise UserError(f"noise.column: '{path}' has several columns; choose one of {', '.join(map(str, table))}")

@@ -5,6 +5,7 @@ the clean test set and Q*.
   none    -- clean labels, Q* = I.
   flip    -- each label redrawn from column y of Q* (uniform, pair, random or a file), at ``level``.
   labels  -- real noisy labels from a file, one per image of the training pool; Q* is their realised matrix.
+  instance -- instance-dependent flips (Xia et al. 2020) at ``level``; Q* is the realised matrix.
   outlier -- Eq. 8: inliers, outliers with uniform labels and labelled outliers (K+1 classes); flip noise on
              the inliers at ``inlier_level`` (0 = none).
 Each model checks its own arguments when it is built (``config.validate`` builds it before any data is
@@ -12,7 +13,7 @@ loaded) and says whether it uses the top-level ``level``: one that does not refu
 so a sweep over it cannot train the same model several times.
 
 One seed feeds independent streams (``rng(seed, stream)``): 1 draws Q*, 2 the noisy labels, 3 the outlier
-composition, 4 the halving of an outlier folder; the noisy labels do not change when the model does.
+composition, 4 the halving of an outlier folder, 5 instance noise; the noisy labels do not change when the model does.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class NoisyData:
     train_size: int  # and the training images drawn (the inliers, with outliers)
     singular: tuple[str, str]  # (key, what to change) when Q* is singular: for an estimator that inverts it
     extra: dict = field(default_factory=dict)  # the model's own record fields
+    indices: np.ndarray | None = None  # each training image's index in the data set's pool (None: not from it)
+    files: dict = field(default_factory=dict)  # arrays the run keeps beside its record (name.npy -> array)
 
     @property
     def actual_noise(self) -> float:
@@ -62,7 +65,8 @@ class NoisyData:
         keep = self.train.y.numpy() < n
         if keep.all():
             return self
-        return replace(self, train=self.train.take(np.flatnonzero(keep)), y_true=self.y_true[keep])
+        idx = None if self.indices is None else self.indices[keep]
+        return replace(self, train=self.train.take(np.flatnonzero(keep)), y_true=self.y_true[keep], indices=idx)
 
 
 class NoiseModel:
@@ -97,19 +101,24 @@ class FlipNoise(NoiseModel):
 
     def __init__(self, matrix: str):
         self.matrix = _check_matrix(matrix)
+        if self.matrix not in noise.MATRIX_KINDS:  # a file's matrix sets the noise: the level is its own
+            self.uses_level, self.level_hint = False, " (noise.matrix is a file: its matrix sets the noise level)"
 
     def q_star(self, k: int, level: float, seed: int) -> np.ndarray:
         return noise.matrix(self.matrix, k, level, rng(seed, 1))
 
     def apply(self, ds: Dataset, data, level: float, seed: int) -> NoisyData:
         k = ds.num_classes
-        chosen = datasets.subset(ds.pool, _pool_size(data, len(ds.pool)), seed, k)
+        idx = datasets.subset_indices(len(ds.pool), _pool_size(data, len(ds.pool)), seed, k)
+        chosen = ds.pool.take(idx)
         q_true = self.q_star(k, level, seed)
         y_noisy = noise.corrupt(chosen.y.numpy(), q_true, rng(seed, 2))
         why = f"{self.matrix} noise at level {level} gives a singular Q* (choose another level or matrix, or q=learned)"
+        if self.matrix not in noise.MATRIX_KINDS:  # the file's level: the mass off the diagonal, classes alike
+            level = float(1.0 - np.diag(q_true).mean())
         return NoisyData(chosen.relabel(y_noisy), chosen.y.numpy(), ds.test, k, q_true, self.name,
-                         self.matrix if self.uses_level else None, level if self.uses_level else 0.0,
-                         len(chosen), ("q", why))  # fmt: skip
+                         None if self.name == "none" else self.matrix, 0.0 if self.name == "none" else level,
+                         len(chosen), ("q", why), indices=idx)  # fmt: skip
 
 
 class NoNoise(FlipNoise):
@@ -133,12 +142,16 @@ class LabelFile(NoiseModel):
     uses_level = False
     level_hint = " (the level is the file's)"
 
-    def __init__(self, file: str | None, column: str | None):
+    IMPLAUSIBLE_MARGIN = 0.05  # refused above (K - 1) / K minus this: nearly a random relabelling
+
+    def __init__(self, file: str | None, column: str | None, allow_implausible: bool):
         if not file:
             raise UserError(
                 "noise.file: noise=labels needs noise.file=PATH (.npy, .csv or .pt, one label per pool image)"
             )
-        self.file, self.column = str(file), column
+        if not isinstance(allow_implausible, bool):
+            raise UserError(f"noise.allow_implausible: {allow_implausible!r} must be true or false")
+        self.file, self.column, self.allow_implausible = str(file), column, allow_implausible
 
     def apply(self, ds: Dataset, data, level: float, seed: int) -> NoisyData:
         k = ds.num_classes
@@ -149,13 +162,46 @@ class LabelFile(NoiseModel):
         why = "the realised noise matrix of these labels is singular; use q=learned or q=none"
         extra = {"noise_file": self.file, "noise_column": self.column}
         out = NoisyData(chosen.relabel(y_noisy), y_clean, ds.test, k, noise.realised(y_clean, y_noisy, k), self.name,
-                        "file", 0.0, len(chosen), ("q", why), extra)  # fmt: skip
+                        "file", 0.0, len(chosen), ("q", why), extra, indices=idx)  # fmt: skip
         out.level = out.actual_noise
-        if out.level > (k - 1) / k:  # above a random relabelling's: most likely labels in another order
-            log.warning("noise.file: %.0f%% of these labels differ from the pool's, more than a random "
-                        "relabelling (%.0f%%): is '%s' in the pool's order?", 100 * out.level, 100 * (k - 1) / k,
-                        self.file)  # fmt: skip
+        limit = (k - 1) / k - self.IMPLAUSIBLE_MARGIN  # a random relabelling moves (K - 1) / K of the labels
+        if out.level > limit and not self.allow_implausible:  # most likely labels in another order than the pool's
+            raise UserError(f"noise.file: {100 * out.level:.1f}% of the labels in '{self.file}' differ from the pool's "
+                            f"(a random relabelling: {100 * (k - 1) / k:.0f}%); is it in the pool's order? Refused "
+                            f"above {100 * limit:.0f}%; noise.allow_implausible=true takes it as it is")  # fmt: skip
         return out
+
+
+class InstanceNoise(NoiseModel):
+    """Instance-dependent noise (Xia et al. 2020, the generator most papers since use; noise.instance_flip):
+    a flip rate per image drawn around ``level`` (truncated normal, sd ``rate_sd``), and a flip to the class
+    that a random projection of the image's raw pixels picks. Raw 0..255 pixels as in the authors' code (so
+    their numbers compare): the softmax is then nearly one-hot, each image flips almost always to one other
+    class of its own. Q* is the realised average transition matrix (q_error is measured against it). Its
+    own random stream (5): the labels do not move when the model does. The run keeps flip_rates.npy beside
+    noisy_labels.npy and indices.npy."""
+
+    name = "instance"
+
+    def __init__(self, rate_sd: float):
+        if isinstance(rate_sd, bool) or not isinstance(rate_sd, (int, float)) or not 0 < rate_sd < float("inf"):
+            raise UserError(f"noise.rate_sd: {rate_sd!r} must be a number > 0 (the flip rates' spread)")
+        self.rate_sd = float(rate_sd)
+
+    def apply(self, ds: Dataset, data, level: float, seed: int) -> NoisyData:
+        if ds.pool.source is not None:
+            raise UserError(f"noise: noise=instance projects images held in memory; data={ds.name} reads image "
+                            "files as it trains (use flip noise or a label file there)")  # fmt: skip
+        k = ds.num_classes
+        idx = datasets.subset_indices(len(ds.pool), _pool_size(data, len(ds.pool)), seed, k)
+        chosen = ds.pool.take(idx)
+        y_clean, gen = chosen.y.numpy(), rng(seed, 5)
+        rates = noise.instance_rates(len(idx), level, self.rate_sd, gen)
+        y_noisy = noise.instance_flip(chosen.x.reshape(len(idx), -1).numpy(), y_clean, k, rates, gen)
+        why = "the realised noise matrix of these labels is singular; use q=learned or q=none"
+        return NoisyData(chosen.relabel(y_noisy), y_clean, ds.test, k, noise.realised(y_clean, y_noisy, k), self.name,
+                         None, level, len(idx), ("q", why), {"rate_sd": self.rate_sd}, indices=idx,
+                         files={"flip_rates.npy": rates})  # fmt: skip
 
 
 class OutlierNoise(NoiseModel):
@@ -172,8 +218,8 @@ class OutlierNoise(NoiseModel):
                  inlier_level: float, matrix: str):  # fmt: skip
         if not np.isfinite(outlier_ratio) or outlier_ratio < 0:
             raise UserError(f"noise.outlier_ratio: {outlier_ratio} must be a finite number >= 0 (N_out / N_in)")
-        if labelled_outliers < 0:
-            raise UserError(f"noise.labelled_outliers: {labelled_outliers} must be >= 0")
+        if isinstance(labelled_outliers, bool) or not isinstance(labelled_outliers, int) or labelled_outliers < 0:
+            raise UserError(f"noise.labelled_outliers: {labelled_outliers!r} must be a whole number >= 0")
         if not 0.0 <= inlier_level < 1.0:
             raise UserError(f"noise.inlier_level: {inlier_level} is outside [0, 1)")
         self.ratio, self.labelled, self.inlier_classes = (

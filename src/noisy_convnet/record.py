@@ -6,6 +6,8 @@ leaves no file that could be taken for a result. docs/results_schema.md lists th
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -114,3 +116,28 @@ def write(run_dir: str | Path, record: Record) -> Path:
 
 def read(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+@functools.cache
+def provenance() -> dict:
+    """What made these numbers: the project's git commit when run from a checkout (None otherwise) with a
+    hash of the package's uncommitted changes (None when clean), and the versions of Python, torch,
+    Lightning and Hydra. Read once per process."""
+    import platform
+    import subprocess
+
+    import hydra
+    import pytorch_lightning as pl
+    import torch
+
+    try:
+        git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=10)  # fmt: skip
+        commit = git.stdout.strip() if git.returncode == 0 else None
+        diff = subprocess.run(["git", "diff", "HEAD", "--", "."], cwd=Path(__file__).parent, capture_output=True,
+                              timeout=10).stdout if commit else b""  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        commit, diff = None, b""
+    changes = hashlib.sha256(diff).hexdigest()[:16] if diff.strip() else None
+    return {"commit": commit, "uncommitted": changes, "python": platform.python_version(), "torch": torch.__version__,
+            "lightning": pl.__version__, "hydra": hydra.__version__}  # fmt: skip

@@ -22,6 +22,7 @@ import pandas as pd
 
 from . import plots
 from .comparison import comparison, estimator_q_heatmaps, estimators_figure, paired
+from .config import schema_defaults
 from .files import write_atomic
 from .identity import cell_config
 from .record import RESULTS_FILE, SAME_AS
@@ -43,6 +44,7 @@ def method(row: pd.Series) -> str:
     return name + (" + early stopping" if row.get("early_stopping") else "")
 
 
+DEFAULTS = schema_defaults()  # a key at its default is the same cell whether a record has it or not
 RUNS_FILE = "runs.jsonl"  # the report's compact copy of every record, beside the figures: redrawn from it
 
 
@@ -76,7 +78,7 @@ def load_sweep(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
         if (cfg.get("trainer") or {}).get("fast_dev_run"):
             problems.append(f"left out, a fast_dev_run (one batch, not a result): {path}")
             continue
-        r["_cell"] = json.dumps({k: v for k, v in cell_config(cfg).items() if k != "seed"}, sort_keys=True)
+        r["_cell"] = json.dumps({k: v for k, v in cell_config(cfg, DEFAULTS).items() if k != "seed"}, sort_keys=True)
         row = {k: v for k, v in r.items() if k not in MATRICES}
         row.update({f"cfg.{k}": v for k, v in pd.json_normalize(cfg, sep=".").iloc[0].items()} if cfg else {})
         row["run_dir"] = str(path.parent)
@@ -90,6 +92,9 @@ def load_sweep(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     if len(df):
         df["method"] = df.apply(method, axis=1)
         df["curve"] = df.apply(curve, axis=1)
+        if df["dataset"].nunique() > 1:  # one curve per data set: never two data sets joined into one line
+            df["method"] = df["method"] + " (" + df["dataset"].astype(str) + ")"
+            df["curve"] = df["curve"] + "@" + df["dataset"].astype(str)
         df["_cell"] = df["_record"].map(lambda r: r["_cell"])
         keys = [k for k in ("dataset", "noise", "matrix", "method", "level", "train_size", "outlier_ratio") if k in df]
         for cell, g in df.groupby(keys, dropna=False):
@@ -136,7 +141,7 @@ COLOURS = {"none": "tab:red", "fixed": "tab:blue", "learned": "tab:green"}
 
 
 def _style(curve_name: str) -> dict:
-    base = curve_name.removesuffix("+es")
+    base = curve_name.split("@")[0].removesuffix("+es")
     return {"color": COLOURS.get(base), "linestyle": "--" if base != curve_name else "-"}
 
 

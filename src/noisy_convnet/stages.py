@@ -3,9 +3,10 @@
 A stage is named by its estimator-side role (``"plain"``: the early-stopped plain net on the noisy labels)
 and keyed by a hash of exactly the inputs that decide it (``stage_key``): the images and noisy labels of its
 training and validation parts, the test set, the seed, the network, the optimiser, the Trainer's settings
-(epochs, precision...), the early-stopping protocol, the batch size, shift and memory layout, the noise
-layer it trains through and, for a warm start, the weights it starts from. The cell identity's volatile keys
-(threads, loggers, where it runs) are not inputs here either. A stage lives in ``<root>/<name>-<key>/``
+(epochs, precision...), the code (commit, uncommitted changes, library versions), the device and its
+thread count, the early-stopping protocol, the batch size, shift and memory layout, the noise
+layer it trains through and, for a warm start, the weights it starts from. Where it is watched (loggers,
+progress bars) is not an input. A stage lives in ``<root>/<name>-<key>/``
 (``root``: the sweep's ``stages/`` folder, or the run folder's for a single run) as ``stage.pt``, written
 atomically once its training and test ended; while it trains, its checkpoints live there too (a killed
 stage resumes from them, whichever cell runs it next) and its lock makes a second cell wait for it instead
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +29,7 @@ import torch
 from .files import lock, write_atomic
 
 STAGE_FILE = "stage.pt"
+log = logging.getLogger(__name__)
 
 
 def digest(t: torch.Tensor) -> str:
@@ -60,7 +63,13 @@ class StageStore:
         path = self.folder(name, key) / STAGE_FILE
         if not path.is_file():
             return None
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 -- a file cut short or from another torch: trained again
+            aside = path.with_name(f"{STAGE_FILE}.unreadable")
+            path.replace(aside)
+            log.warning("stage %s: %s cannot be read (%s); set aside as %s, training it again", name, path, e, aside)
+            return None
         return state if isinstance(state, dict) and state.get("key") == key else None
 
     def save(self, name: str, key: str, state: dict) -> None:

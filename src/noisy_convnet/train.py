@@ -13,6 +13,7 @@ about 6% clean test error in under a minute on 2 CPU cores; the README has the m
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -23,18 +24,19 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from . import config, datasets, identity, noise, plots
 from . import record as record_file
-from .errors import UserError
-from .estimators import QEstimator
-from .factory import Trainers
-from .files import lock, write_atomic
+from .errors import Diverged, UserError
+from .estimators import Fitted, QEstimator
+from .factory import Trainers, Training
+from .files import lock, save_array, write_atomic
 from .launch import sweep_cell
-from .noise_models import NoiseModel
+from .noise_models import NoiseModel, NoisyData
 from .record import RESULTS_FILE, SAME_AS, Record
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,9 @@ def default_run_dir() -> str:
     if HydraConfig.initialized():
         return HydraConfig.get().runtime.output_dir
     return f"outputs/runs/{datetime.now():%Y-%m-%d/%H-%M-%S-%f}-{os.getpid()}"
+
+
+VAL_PER_CLASS = 10  # the smallest noisy validation slice that early stopping or a selection may use
 
 
 def run(cfg: DictConfig) -> Record:
@@ -94,8 +99,8 @@ def _sweep_dir() -> Path | None:
 def _run(cfg: DictConfig, run_dir: Path, key: identity.CellKey, inputs: dict, sweep_dir: Path | None,
          t_start: float) -> Record:  # fmt: skip
     if identity.other_config(run_dir, key, config.schema_defaults()):
-        raise UserError(f"run_dir: '{run_dir}' holds the results of another config; give another hydra.run.dir "
-                        "(or delete that one)")  # fmt: skip
+        raise UserError(f"run_dir: '{run_dir}' holds a results.json of another config (or not written by this "
+                        "project); give another hydra.run.dir (or delete that file)")  # fmt: skip
     identity.claim_checkpoints(run_dir, key)  # a killed run's checkpoints resume only this very cell
     if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError("trainer: accelerator gpu, but this machine has no GPU that torch can use; use trainer=cpu")
@@ -114,20 +119,23 @@ def _run(cfg: DictConfig, run_dir: Path, key: identity.CellKey, inputs: dict, sw
     _check_model(cfg, ds)
     noise_model: NoiseModel = instantiate(cfg.noise)
     estimator: QEstimator = instantiate(cfg.q)
-    noisy = noise_model.apply(ds, cfg.data, cfg.level, cfg.seed)
+    noisy = _checked_noise(noise_model.apply(ds, cfg.data, cfg.level, cfg.seed), cfg.noise)
     noisy = noisy.for_outputs(estimator.outputs(noisy))  # the estimator sizes the net; its data follows
+    _keep_labels(noisy, run_dir)
     log.info("%s: %d noisy training images, %.3f of labels noisy", ds.name, len(noisy.train), noisy.actual_noise)
 
     train, val = datasets.holdout(noisy.train, cfg.data.val_fraction)
-    if len(val) == 0 and (cfg.early_stopping or estimator.needs_validation()):
-        raise UserError(f"data.val_fraction: {cfg.data.val_fraction} of {len(noisy.train)} images is no validation "
-                        f"image, which early stopping (or q={estimator.name}) needs; raise it")  # fmt: skip
+    floor = VAL_PER_CLASS * noisy.num_classes  # fewer, and the choice it makes is noise
+    if len(val) < floor and (cfg.early_stopping or estimator.needs_validation()):
+        raise UserError(f"data.val_fraction: {cfg.data.val_fraction} of {len(noisy.train)} images is {len(val)} "
+                        f"validation images; early stopping (or q={estimator.name}) needs at least {floor} "
+                        f"({VAL_PER_CLASS} per class); raise it")  # fmt: skip
     run_name = f"{ds.name}-{noisy.noise}-{noisy.level:g}-q_{estimator.name}-s{cfg.seed}"
     hparams = {"q": estimator.name, "noise": noisy.noise, **flat(OmegaConf.to_container(cfg, resolve=True))}
     stages = (sweep_dir if sweep_dir is not None else run_dir) / "stages"  # shared by the sweep's cells
     trainers = Trainers(cfg, ds.shape, noisy.test, noisy.q_true, noisy.num_classes, run_dir, run_name, hparams,
                         stages)  # fmt: skip
-    fitted = estimator.fit(noisy, train, val, trainers)
+    fitted = _checked_fit(estimator.fit(noisy, train, val, trainers), noisy, cfg.q)
     t = fitted.training
     record = Record(
         dataset=ds.name, num_classes=noisy.num_classes, train_size=noisy.train_size, noise=noisy.noise,
@@ -137,7 +145,7 @@ def _run(cfg: DictConfig, run_dir: Path, key: identity.CellKey, inputs: dict, sw
         q_error=None if fitted.q is None else noise.q_error(fitted.q, noisy.q_true),
         test_error=t.test.test_error, confusion=t.test.confusion, val_nll=t.val_nll, epochs=t.epochs,
         trainings=trainers.count, train_images_per_s=t.images_per_s, device=t.device,
-        threads=torch.get_num_threads(), channels_last=trainers.channels_last, provenance=provenance(),
+        threads=torch.get_num_threads(), channels_last=trainers.channels_last, provenance=record_file.provenance(),
         wall_s=time.perf_counter() - t_start, config=OmegaConf.to_container(cfg, resolve=True),
         inlier_ap=t.test.inlier_ap, pr_curve=t.test.pr_curve, stages=trainers.used, input_hashes=inputs,
         cell=key.to_dict(), fields={**noisy.extra, **fitted.fields},
@@ -149,28 +157,60 @@ def _run(cfg: DictConfig, run_dir: Path, key: identity.CellKey, inputs: dict, sw
         write_atomic(run_dir / "model.pt", buf.getvalue())
     path = record_file.write(run_dir, record)
     identity.mark(run_dir, key)  # after the record: a twin under another name finds it by this file
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # early stopping's; the record is written
+    identity.drop_checkpoints(run_dir)  # the record is written: this run's checkpoints go, nothing else
+    if sweep_dir is None:  # a single run's stages served its own resume only
+        shutil.rmtree(stages, ignore_errors=True)
     log.info("test error %.4f  (results: %s)", record.test_error, path)
     return record
 
 
-def provenance() -> dict:
-    """What made these numbers: the project's git commit when run from a checkout (None otherwise), and
-    the versions of Python, torch, Lightning and Hydra."""
-    import platform
-    import subprocess
+def _keep_labels(noisy: NoisyData, run_dir: Path) -> None:
+    """The exact noisy labels beside the record, to reuse or inspect: noisy_labels.npy (every training
+    image's, the validation slice last), indices.npy (each one's index in the data set's pool, when they
+    come from it) and the noise model's own arrays (e.g. flip_rates.npy), all in the same order."""
+    save_array(run_dir / "noisy_labels.npy", noisy.train.y.numpy())
+    if noisy.indices is not None:
+        save_array(run_dir / "indices.npy", np.asarray(noisy.indices))
+    for name, array in noisy.files.items():
+        save_array(run_dir / name, np.asarray(array))
 
-    import hydra
-    import pytorch_lightning as pl
 
-    try:
-        git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=10)  # fmt: skip
-        commit = git.stdout.strip() if git.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"commit": commit, "python": platform.python_version(), "torch": torch.__version__,
-            "lightning": pl.__version__, "hydra": hydra.__version__}  # fmt: skip
+def _checked_noise(noisy, node: DictConfig) -> NoisyData:
+    """What a noise model returned, checked before any training (a user's own class as the project's)."""
+    target = node.get("_target_")
+    if not isinstance(noisy, NoisyData):
+        raise UserError(f"noise._target_: '{target}' apply() returned {type(noisy).__name__}, not a NoisyData")
+    q = np.asarray(noisy.q_true, dtype=np.float64)
+    noise.check_stochastic(q, len(q), "noise._target_", f"the Q* that '{target}' made")
+    y = noisy.train.y.numpy()
+    if len(y) and (y.min() < 0 or y.max() >= len(q)):
+        raise UserError(f"noise._target_: '{target}' made noisy labels outside [0, {len(q) - 1}] (its Q* has "
+                        f"{len(q)} classes)")  # fmt: skip
+    return noisy
+
+
+RECORD_FIELDS = {f.name for f in dataclasses.fields(Record)} | {"input_hashes", "cell"}
+
+
+def _checked_fit(fitted, noisy: NoisyData, node: DictConfig) -> Fitted:
+    """What an estimator's fit() returned, checked before anything is recorded."""
+    target = node.get("_target_")
+    if not isinstance(fitted, Fitted) or not isinstance(fitted.training, Training):
+        raise UserError(f"q._target_: '{target}' fit() returned {type(fitted).__name__}; return Fitted(training, q, "
+                        "fields) with the Training that trainers.fit gave")  # fmt: skip
+    if fitted.q is not None:
+        q = np.asarray(fitted.q, dtype=np.float64)
+        if q.shape != noisy.q_true.shape:
+            raise UserError(f"q._target_: '{target}' fit() returned a Q of shape {q.shape}; Q* has shape "
+                            f"{noisy.q_true.shape}")  # fmt: skip
+        if not np.isfinite(q).all():
+            raise Diverged(f"q._target_: '{target}' fit() returned a Q that is not finite")
+        noise.check_stochastic(q, len(q), "q._target_", f"the Q that '{target}' returned")
+    clash = sorted(set(fitted.fields or {}) & RECORD_FIELDS)
+    if clash:
+        raise UserError(f"q._target_: '{target}' fit() returned fields {clash}, which are the record's own; name "
+                        "them otherwise")  # fmt: skip
+    return fitted
 
 
 def flat(d: dict, prefix: str = "") -> dict:
