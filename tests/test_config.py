@@ -179,6 +179,13 @@ def test_choosing_among_candidates_needs_a_validation_slice(make_cfg):
         ("noise=instance noise.rate_sd=0", "noise.rate_sd"),
         ("noise=instance noise.rate_sd=-1", "noise.rate_sd"),
         ("noise=instance level=1.5", "level"),
+        ("noise=outlier noise.inlier_classes=4.5", "noise.inlier_classes"),
+        ("noise=outlier noise.outlier_ratio=true", "noise.outlier_ratio"),
+        ("q=anchor q.anchor_percentile=0.97", "q.anchor_percentile"),  # a fraction where a percentile is meant
+        ("trainer.limit_test_batches=0.1", "trainer.limit_test_batches"),  # a result from part of the test set
+        ("trainer.check_val_every_n_epoch=50", "trainer.check_val_every_n_epoch"),
+        ("q=hoc q.features=123", "q.features"),
+        ("q=hoc q.features=missing.npy", "q.features"),
         ("q=custom q._target_=builtins.print", "q._target_"),  # a function
         ("q=custom q._target_=collections.OrderedDict", "q._target_"),  # a plain class
         ("q=custom q._target_=noisy_convnet.estimators.QEstimator", "q._target_"),  # the abstract base
@@ -204,6 +211,9 @@ def test_every_user_key_is_checked_before_any_work(make_cfg, override, key, tmp_
         (["q=anchor", "data.val_fraction=0.02"], "data.val_fraction"),
         (["model.hidden=0"], "model"),  # a net that cannot learn
         (["q=hoc", "q.sample_size=100000"], "q.sample_size"),  # more than the training images
+        (["noise=instance", "level=0"], "level"),  # still ~8% flips: noise=none is clean
+        (["model=resnet18", "model.small_stem=no"], "model"),  # a string read as true
+        (["model._target_=collections.OrderedDict"], "model._target_"),  # not a network
     ],
 )
 def test_what_needs_the_data_is_checked_before_training(make_cfg, tmp_path, overrides, key):

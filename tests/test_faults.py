@@ -239,3 +239,42 @@ def test_the_console_script_finds_the_users_module_in_the_current_folder(tmp_pat
                        cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "r" / RESULTS_FILE).is_file()
+
+
+def test_a_run_touches_no_folder_of_the_users_in_its_folder(make_cfg, tmp_path):
+    """A checkpoints/ folder without this project's fingerprint (even with a training-like name) and a
+    stages/ folder that was there before are left as they are."""
+    mine = tmp_path / "run" / "checkpoints" / "training_v1" / "w.ckpt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("the user's")
+    notes = tmp_path / "run" / "stages" / "notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("the user's")
+    run(make_cfg("q=none", "early_stopping=true"))  # trains a stage in the run's stages/
+    assert mine.read_text() == "the user's" and notes.read_text() == "the user's"
+
+
+def test_a_file_where_a_run_writes_a_folder_is_one_line(make_cfg, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoints").write_text("a file")
+    with pytest.raises(UserError, match="^run_dir: .*checkpoints' is a file"):
+        run(make_cfg("q=none"))
+
+
+def test_hoc_reads_a_feature_file_in_the_pools_order_and_a_changed_one_is_another_cell(make_cfg, tmp_path):
+    from noisy_convnet import datasets
+
+    pool = datasets.load("digits").pool
+    features = np.eye(10)[pool.y.numpy()] + 0.01 * np.random.default_rng(0).standard_normal((len(pool), 10))
+    np.save(tmp_path / "f.npy", features)
+    r = run(make_cfg("q=hoc", f"q.features={tmp_path / 'f.npy'}", "q.rounds=1", "q.steps=300",
+                     "noise.matrix=uniform", "level=0.3"))  # fmt: skip
+    assert r.stages == [] and r.trainings == 1  # no plain net: the file's features
+    assert r.q_error < 0.3  # clean clusters: HOC finds T from the features of the right images
+    np.save(tmp_path / "short.npy", features[:100])
+    with pytest.raises(UserError, match="^q.features: 100 rows"):
+        run(make_cfg("q=hoc", f"q.features={tmp_path / 'short.npy'}", run_dir=tmp_path / "short"))
+    cfg = {"q": {"features": str(tmp_path / "f.npy")}, "noise": {}}
+    before = identity.input_hashes(cfg)
+    np.save(tmp_path / "f.npy", features + 1)
+    assert identity.input_hashes(cfg) != before

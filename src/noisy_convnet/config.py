@@ -231,6 +231,10 @@ CHECKS = (
 # else: 16-mixed on a CPU is bf16; 64-true and bf16-true do not take the float32 images)
 PRECISIONS = {"cpu": ("32-true", "bf16-mixed"), "cuda": ("32-true", "16-mixed", "bf16-mixed")}
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+# Trainer keys that would train, validate or test on part of the data (or skip validation epochs that early
+# stopping and the validation NLL rely on)
+PARTIAL = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
+           "check_val_every_n_epoch", "val_check_interval", "overfit_batches", "max_steps", "max_time")  # fmt: skip
 
 
 def _check_trainer(cfg: DictConfig) -> None:
@@ -245,6 +249,11 @@ def _check_trainer(cfg: DictConfig) -> None:
     for key in cfg.trainer:
         if key != "_target_" and key not in known:
             raise UserError(f"trainer.{key}: not an argument of pytorch_lightning.Trainer")
+        if key in PARTIAL and cfg.trainer[key] is not None:
+            raise UserError(
+                f"trainer.{key}: trains, validates or tests on part of the data, which the record "
+                "would report as a result; not supported (a one-batch check: trainer.fast_dev_run=true)"
+            )
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if accelerator not in ACCELERATORS:
         raise UserError(f"trainer.accelerator: {accelerator!r} is not allowed; {_allowed(ACCELERATORS)}")

@@ -253,7 +253,7 @@ class _ForwardCorrection(_KClasses):
     def needs_validation(self) -> str | None:
         return f"q: q={self.name} early-stops its plain net on the noisy validation slice, which needs one"
 
-    def estimate(self, k: int, train: Split, val: Split, trainers: Trainers
+    def estimate(self, noisy: NoisyData, k: int, train: Split, val: Split, trainers: Trainers
                  ) -> tuple[np.ndarray, np.ndarray | None, dict]:  # fmt: skip
         """(Q_hat, the p(noisy | x) it came from or None, record fields)."""
         raise NotImplementedError
@@ -266,7 +266,7 @@ class _ForwardCorrection(_KClasses):
 
     def fit(self, noisy, train, val, trainers) -> Fitted:
         k, t0 = self.outputs(noisy), time.perf_counter()
-        q_hat, probs, fields = self.estimate(k, train, val, trainers)
+        q_hat, probs, fields = self.estimate(noisy, k, train, val, trainers)
         estimate_s = time.perf_counter() - t0
         if probs is not None:
             save_array(trainers.context.artifacts / "probs.npy", probs)
@@ -278,8 +278,9 @@ class _ForwardCorrection(_KClasses):
 
 
 def _percentile(value) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 100:
-        raise UserError(f"q.anchor_percentile: {value} is outside (0, 100] (100: no discarding, plain argmax)")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 1 <= value <= 100:
+        raise UserError(f"q.anchor_percentile: {value!r} is outside [1, 100], a percentile (97: the authors'; 100: "
+                        "no discarding, plain argmax)")  # fmt: skip
     return float(value)
 
 
@@ -291,7 +292,7 @@ class AnchorQ(_ForwardCorrection):
     def __init__(self, anchor_percentile: float):
         self.percentile = _percentile(anchor_percentile)
 
-    def estimate(self, k, train, val, trainers):
+    def estimate(self, noisy, k, train, val, trainers):
         plain = self.plain(k, train, val, trainers, predict=train)
         return anchor_t(plain.probs, self.percentile).T, plain.probs, {"plain_test_error": plain.test.test_error}
 
@@ -301,7 +302,7 @@ class DualTQ(AnchorQ):
 
     name, label = "dualt", "Dual-T"
 
-    def estimate(self, k, train, val, trainers):
+    def estimate(self, noisy, k, train, val, trainers):
         plain = self.plain(k, train, val, trainers, predict=train)
         t = anchor_t(plain.probs, self.percentile) @ count_t(plain.probs, train.y.numpy())
         return t.T, plain.probs, {"plain_test_error": plain.test.test_error}
@@ -320,7 +321,7 @@ class ConfidentQ(_ForwardCorrection):
         _require_cleanlab()
         self.folds = folds
 
-    def estimate(self, k, train, val, trainers):
+    def estimate(self, noisy, k, train, val, trainers):
         from sklearn.model_selection import StratifiedKFold
 
         labels = train.y.numpy()
@@ -381,12 +382,13 @@ class HocQ(_ForwardCorrection):
     def __init__(self, rounds: int, sample_size: int | None, steps: int, lr: float, features: str | None):
         self.rounds, self.steps = _whole("rounds", rounds, 1), _whole("steps", steps, 1)
         self.sample_size = None if sample_size is None else _whole("sample_size", sample_size, 3)
-        self.lr, self.features = _positive("lr", lr), features
+        self.lr = _positive("lr", lr)
+        self.features = None if features is None else _feature_file(features)  # read once, before any data
 
     def needs_validation(self) -> str | None:
-        return None if self.features else super().needs_validation()
+        return None if self.features is not None else super().needs_validation()
 
-    def estimate(self, k, train, val, trainers):
+    def estimate(self, noisy, k, train, val, trainers):
         from . import hoc
 
         n = len(train)
@@ -395,8 +397,11 @@ class HocQ(_ForwardCorrection):
                             "(null: the authors' 15,000 or all of them when fewer)")  # fmt: skip
         size = self.sample_size or min(self.SAMPLE, n)
         fields = {"sample_size": size}
-        if self.features:
-            features = _feature_file(self.features, n)
+        if self.features is not None:  # one row per pool image: the training part's rows, in its order
+            if noisy.indices is None or len(self.features) <= int(np.max(noisy.indices)):
+                raise UserError(f"q.features: {len(self.features)} rows; one per image of the data set's pool "
+                                "(datasets.load(name).pool's order) is needed")  # fmt: skip
+            features = self.features[noisy.indices[:n]]
         else:
             plain = trainers.fit(NoiseLayer(k), train, val, early_stopping=True, predict=train, outputs=("features",),
                                  stage=PLAIN)  # fmt: skip
@@ -407,20 +412,22 @@ class HocQ(_ForwardCorrection):
         return t.T, None, {**fields, "hoc_loss": loss}
 
 
-def _feature_file(path: str, n: int) -> np.ndarray:
-    """q.features: a .npy of N x D features, one row per image of the training part, in its order."""
+def _feature_file(path) -> np.ndarray:
+    """q.features: a .npy of N x D finite numbers, one row per image of the data set's pool, in its order
+    (the order of datasets.load(name).pool; the run picks its training part's rows by indices.npy)."""
     from pathlib import Path
 
     from hydra.utils import to_absolute_path
 
-    p = Path(to_absolute_path(path))
+    if not isinstance(path, str) or not path.endswith(".npy"):
+        raise UserError(f"q.features: {path!r} must be the path of a .npy file (one row of features per pool image)")
     try:
-        f = np.load(p)
+        f = np.load(Path(to_absolute_path(path)))
     except (OSError, ValueError, EOFError) as e:
         raise UserError(f"q.features: cannot read '{path}' as a .npy array ({str(e) or 'empty file'})") from None
-    if f.ndim != 2 or len(f) != n or not np.isfinite(f).all():
-        raise UserError(f"q.features: '{path}' holds an array of shape {f.shape}; one finite row per training image "
-                        f"({n}, D) is needed")  # fmt: skip
+    if f.ndim != 2 or not np.issubdtype(f.dtype, np.number) or not np.isfinite(f).all():
+        raise UserError(f"q.features: '{path}' holds an array of shape {f.shape} and type {f.dtype}; finite numbers, "
+                        "one row per pool image, are needed")  # fmt: skip
     return f
 
 

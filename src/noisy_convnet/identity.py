@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,14 +85,18 @@ def _without_defaults(config: dict, defaults: dict) -> dict:
 
 
 def input_hashes(config: dict) -> dict:
-    """sha256 of every existing file the config's noise node names (a noise matrix, a label file) and, for
-    an image folder, of its listing (every file's path, size and modification time): a cell whose inputs
-    changed is not the same cell."""
+    """sha256 of every existing file the config's noise and q nodes name (a noise matrix, a label file, a
+    feature file), and the listing (every file's path, size and modification time) of every folder they
+    name (an outlier folder) and of an image folder: a cell whose inputs changed is not the same cell."""
     out = {}
-    for value in _strings(config.get("noise") or {}):
+    for value in _strings([config.get("noise") or {}, config.get("q") or {}]):
         p = Path(value)
-        if len(value) < 4096 and p.suffix and p.is_file():
+        if len(value) >= 4096 or value in out:
+            continue
+        if p.suffix and p.is_file():
             out[value] = hashlib.sha256(p.read_bytes()).hexdigest()
+        elif ("/" in value or value.startswith(".")) and p.is_dir():  # a path, not a name such as "classes"
+            out[value] = _listing(p)
     data = config.get("data") or {}
     if data.get("name") == "imagefolder" and data.get("root") and Path(data["root"]).is_dir():
         out[str(data["root"])] = _listing(Path(data["root"]))
@@ -222,10 +227,10 @@ def drop_checkpoints(run_dir: str | Path) -> None:
     """Delete the checkpoints this project writes in run_dir (training<N>/ folders and the fingerprint),
     and the checkpoints folder only if nothing else is left in it: a user's own files there stay."""
     ckpt = Path(run_dir) / CHECKPOINTS
-    if not ckpt.is_dir():
+    if not (ckpt / "fingerprint.json").is_file():  # not this project's folder: nothing in it is touched
         return
     for p in ckpt.iterdir():
-        if p.is_dir() and p.name.startswith("training") and not p.is_symlink():
+        if p.is_dir() and not p.is_symlink() and re.fullmatch(r"training\d+(\.unreadable-[\d-]+)?", p.name):
             shutil.rmtree(p)
     (ckpt / "fingerprint.json").unlink(missing_ok=True)
     if not any(ckpt.iterdir()):

@@ -84,6 +84,8 @@ class ConvNetCifar(nn.Module):
 
 
 def resnet18(in_shape: Sequence[int], num_classes: int, small_stem: bool) -> nn.Module:
+    if not isinstance(small_stem, bool):
+        raise ValueError(f"model.small_stem: {small_stem!r} must be true or false")
     from torchvision.models import resnet18 as tv_resnet18
 
     net = tv_resnet18(weights=None, num_classes=num_classes)
@@ -96,6 +98,8 @@ def resnet18(in_shape: Sequence[int], num_classes: int, small_stem: bool) -> nn.
 
 
 def alexnet(in_shape: Sequence[int], num_classes: int, dropout: float) -> nn.Module:
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+        raise ValueError(f"model.dropout: {dropout!r} must be in [0, 1)")
     from torchvision.models import alexnet as tv_alexnet
 
     net = tv_alexnet(weights=None, num_classes=num_classes, dropout=dropout)

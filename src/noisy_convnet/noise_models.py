@@ -192,11 +192,17 @@ class InstanceNoise(NoiseModel):
         if ds.pool.source is not None:
             raise UserError(f"noise: noise=instance projects images held in memory; data={ds.name} reads image "
                             "files as it trains (use flip noise or a label file there)")  # fmt: skip
+        if level <= 0:  # its rates would still average ~0.08 (a normal at 0 truncated to [0, 1])
+            raise UserError("level: noise=instance at level 0 still flips about 8% of the labels; for clean labels "
+                            "use noise=none")  # fmt: skip
         k = ds.num_classes
         idx = datasets.subset_indices(len(ds.pool), _pool_size(data, len(ds.pool)), seed, k)
         chosen = ds.pool.take(idx)
         y_clean, gen = chosen.y.numpy(), rng(seed, 5)
         rates = noise.instance_rates(len(idx), level, self.rate_sd, gen)
+        missing = np.setdiff1d(np.arange(k), y_clean)
+        if len(missing):  # the realised matrix has no column for a class without an image
+            raise UserError(f"data.train_size: {len(idx)} images hold no image of class {missing[0]}; raise it")
         y_noisy = noise.instance_flip(chosen.x.reshape(len(idx), -1).numpy(), y_clean, k, rates, gen)
         why = "the realised noise matrix of these labels is singular; use q=learned or q=none"
         return NoisyData(chosen.relabel(y_noisy), y_clean, ds.test, k, noise.realised(y_clean, y_noisy, k), self.name,
@@ -216,8 +222,14 @@ class OutlierNoise(NoiseModel):
 
     def __init__(self, outlier_ratio: float, labelled_outliers: int, inlier_classes: int, outlier_source: str,
                  inlier_level: float, matrix: str):  # fmt: skip
-        if not np.isfinite(outlier_ratio) or outlier_ratio < 0:
-            raise UserError(f"noise.outlier_ratio: {outlier_ratio} must be a finite number >= 0 (N_out / N_in)")
+        if (
+            isinstance(outlier_ratio, bool)
+            or not isinstance(outlier_ratio, (int, float))
+            or not (np.isfinite(outlier_ratio) and outlier_ratio >= 0)
+        ):
+            raise UserError(f"noise.outlier_ratio: {outlier_ratio!r} must be a finite number >= 0 (N_out / N_in)")
+        if isinstance(inlier_classes, bool) or not isinstance(inlier_classes, int):
+            raise UserError(f"noise.inlier_classes: {inlier_classes!r} must be a whole number")
         if isinstance(labelled_outliers, bool) or not isinstance(labelled_outliers, int) or labelled_outliers < 0:
             raise UserError(f"noise.labelled_outliers: {labelled_outliers!r} must be a whole number >= 0")
         if not 0.0 <= inlier_level < 1.0:

@@ -310,7 +310,8 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
     with_outliers = df["outlier_ratio"].notna() if "outlier_ratio" in df else pd.Series(False, index=df.index)
     flip = df[~with_outliers]
     # the paper's curves over one kind of Q* (a sweep of several kinds, e.g. the estimators', would mix them)
-    paper = flip if len(flip) and flip["matrix"].nunique() <= 1 else flip.iloc[:0]
+    one_kind = len(flip) and flip["matrix"].nunique(dropna=False) <= 1 and flip["noise"].nunique(dropna=False) <= 1
+    paper = flip if one_kind else flip.iloc[:0]
     if len(paper) and paper["train_size"].nunique() > 1:
         save(_curves(paper, "train_size", "level", "training size", "Fig. 2a: test error vs training size", True),
              "fig2a_error_vs_size")  # fmt: skip

@@ -52,6 +52,9 @@ def default_run_dir() -> str:
 
 
 VAL_PER_CLASS = 10  # the smallest noisy validation slice that early stopping or a selection may use
+# What a run writes in its folder (True: a folder): a file or folder of another kind there is refused.
+WRITTEN = {"checkpoints": True, "stages": True, "results.json": False, "noisy_labels.npy": False,
+           "indices.npy": False, "Q.png": False, "model.pt": False}  # fmt: skip
 
 
 def run(cfg: DictConfig) -> Record:
@@ -101,6 +104,11 @@ def _run(cfg: DictConfig, run_dir: Path, key: identity.CellKey, inputs: dict, sw
     if identity.other_config(run_dir, key, config.schema_defaults()):
         raise UserError(f"run_dir: '{run_dir}' holds a results.json of another config (or not written by this "
                         "project); give another hydra.run.dir (or delete that file)")  # fmt: skip
+    for name, folder in WRITTEN.items():  # what this run writes there must be free for it
+        path = run_dir / name
+        if path.exists() and path.is_dir() != folder:
+            raise UserError(f"run_dir: '{path}' is a {'folder' if path.is_dir() else 'file'}, where a run writes its "
+                            f"{'folder' if folder else 'file'} of that name; give another hydra.run.dir")  # fmt: skip
     identity.claim_checkpoints(run_dir, key)  # a killed run's checkpoints resume only this very cell
     if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError("trainer: accelerator gpu, but this machine has no GPU that torch can use; use trainer=cpu")
@@ -121,7 +129,6 @@ def _run(cfg: DictConfig, run_dir: Path, key: identity.CellKey, inputs: dict, sw
     estimator: QEstimator = instantiate(cfg.q)
     noisy = _checked_noise(noise_model.apply(ds, cfg.data, cfg.level, cfg.seed), cfg.noise)
     noisy = noisy.for_outputs(estimator.outputs(noisy))  # the estimator sizes the net; its data follows
-    _keep_labels(noisy, run_dir)
     log.info("%s: %d noisy training images, %.3f of labels noisy", ds.name, len(noisy.train), noisy.actual_noise)
 
     train, val = datasets.holdout(noisy.train, cfg.data.val_fraction)
@@ -130,9 +137,11 @@ def _run(cfg: DictConfig, run_dir: Path, key: identity.CellKey, inputs: dict, sw
         raise UserError(f"data.val_fraction: {cfg.data.val_fraction} of {len(noisy.train)} images is {len(val)} "
                         f"validation images; early stopping (or q={estimator.name}) needs at least {floor} "
                         f"({VAL_PER_CLASS} per class); raise it")  # fmt: skip
+    _keep_labels(noisy, run_dir)
     run_name = f"{ds.name}-{noisy.noise}-{noisy.level:g}-q_{estimator.name}-s{cfg.seed}"
     hparams = {"q": estimator.name, "noise": noisy.noise, **flat(OmegaConf.to_container(cfg, resolve=True))}
     stages = (sweep_dir if sweep_dir is not None else run_dir) / "stages"  # shared by the sweep's cells
+    ours = sweep_dir is None and not stages.exists()  # a single run's own: removed once its record is written
     trainers = Trainers(cfg, ds.shape, noisy.test, noisy.q_true, noisy.num_classes, run_dir, run_name, hparams,
                         stages)  # fmt: skip
     fitted = _checked_fit(estimator.fit(noisy, train, val, trainers), noisy, cfg.q)
@@ -158,7 +167,7 @@ def _run(cfg: DictConfig, run_dir: Path, key: identity.CellKey, inputs: dict, sw
     path = record_file.write(run_dir, record)
     identity.mark(run_dir, key)  # after the record: a twin under another name finds it by this file
     identity.drop_checkpoints(run_dir)  # the record is written: this run's checkpoints go, nothing else
-    if sweep_dir is None:  # a single run's stages served its own resume only
+    if ours:  # a single run's stages served its own resume only (a folder that was there stays)
         shutil.rmtree(stages, ignore_errors=True)
     log.info("test error %.4f  (results: %s)", record.test_error, path)
     return record
@@ -227,10 +236,13 @@ def flat(d: dict, prefix: str = "") -> dict:
 def _check_model(cfg: DictConfig, ds: datasets.Dataset) -> None:
     """The network takes images of this shape (AlexNet's pooling needs at least 63x63): one forward pass of
     two blank images, before any training."""
-    net = config.build(cfg.model, "model", in_shape=ds.shape, num_classes=ds.num_classes).eval()
+    net = config.built(config.build(cfg.model, "model", in_shape=ds.shape, num_classes=ds.num_classes), cfg.model,
+                       "model", torch.nn.Module, "forward").eval()  # fmt: skip
     try:
         with torch.no_grad():
-            net(torch.zeros(2, *ds.shape))
+            out = net(torch.zeros(2, *ds.shape))
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, ds.num_classes):
+            raise RuntimeError(f"its output is {getattr(out, 'shape', type(out).__name__)}, not (2, {ds.num_classes})")
     except RuntimeError as e:
         shape = "x".join(map(str, ds.shape))
         raise UserError(f"model: {cfg.model._target_} cannot take {shape} images ({str(e).splitlines()[0]})") from None
