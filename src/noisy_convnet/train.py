@@ -53,8 +53,9 @@ def default_run_dir() -> str:
 
 VAL_PER_CLASS = 10  # the smallest noisy validation slice that early stopping or a selection may use
 # What a run writes in its folder (True: a folder): a file or folder of another kind there is refused.
-WRITTEN = {"checkpoints": True, "stages": True, "results.json": False, "noisy_labels.npy": False,
-           "indices.npy": False, "Q.png": False, "model.pt": False}  # fmt: skip
+STAGES, LABELS, INDICES, Q_PNG, MODEL = "stages", "noisy_labels.npy", "indices.npy", "Q.png", "model.pt"
+WRITTEN = {identity.CHECKPOINTS: True, STAGES: True, RESULTS_FILE: False, LABELS: False, INDICES: False,
+           Q_PNG: False, MODEL: False}  # fmt: skip
 
 
 def run(cfg: DictConfig) -> Record:
@@ -140,7 +141,7 @@ def _run(cfg: DictConfig, run_dir: Path, key: identity.CellKey, inputs: dict, sw
     _keep_labels(noisy, run_dir)
     run_name = f"{ds.name}-{noisy.noise}-{noisy.level:g}-q_{estimator.name}-s{cfg.seed}"
     hparams = {"q": estimator.name, "noise": noisy.noise, **flat(OmegaConf.to_container(cfg, resolve=True))}
-    stages = (sweep_dir if sweep_dir is not None else run_dir) / "stages"  # shared by the sweep's cells
+    stages = (sweep_dir if sweep_dir is not None else run_dir) / STAGES  # shared by the sweep's cells
     ours = sweep_dir is None and not stages.exists()  # a single run's own: removed once its record is written
     trainers = Trainers(cfg, ds.shape, noisy.test, noisy.q_true, noisy.num_classes, run_dir, run_name, hparams,
                         stages)  # fmt: skip
@@ -159,11 +160,11 @@ def _run(cfg: DictConfig, run_dir: Path, key: identity.CellKey, inputs: dict, sw
         inlier_ap=t.test.inlier_ap, pr_curve=t.test.pr_curve, stages=trainers.used, input_hashes=inputs,
         cell=key.to_dict(), fields={**noisy.extra, **fitted.fields},
     )  # fmt: skip
-    plots.save(plots.q_heatmaps(noisy.q_true, fitted.q, _title(record)), run_dir / "Q.png")
+    plots.save(plots.q_heatmaps(noisy.q_true, fitted.q, _title(record)), run_dir / Q_PNG)
     if cfg.save_model:  # the tested base net's weights, kept beside its record (written first: a record means both)
         buf = io.BytesIO()
         torch.save(t.module.net.state_dict(), buf)
-        write_atomic(run_dir / "model.pt", buf.getvalue())
+        write_atomic(run_dir / MODEL, buf.getvalue())
     path = record_file.write(run_dir, record)
     identity.mark(run_dir, key)  # after the record: a twin under another name finds it by this file
     identity.drop_checkpoints(run_dir)  # the record is written: this run's checkpoints go, nothing else
@@ -177,9 +178,9 @@ def _keep_labels(noisy: NoisyData, run_dir: Path) -> None:
     """The exact noisy labels beside the record, to reuse or inspect: noisy_labels.npy (every training
     image's, the validation slice last), indices.npy (each one's index in the data set's pool, when they
     come from it) and the noise model's own arrays (e.g. flip_rates.npy), all in the same order."""
-    save_array(run_dir / "noisy_labels.npy", noisy.train.y.numpy())
+    save_array(run_dir / LABELS, noisy.train.y.numpy())
     if noisy.indices is not None:
-        save_array(run_dir / "indices.npy", np.asarray(noisy.indices))
+        save_array(run_dir / INDICES, np.asarray(noisy.indices))
     for name, array in noisy.files.items():
         save_array(run_dir / name, np.asarray(array))
 
