@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-all lint format figures-cpu estimators-cpu example-estimator bench clean
+.PHONY: help install train test test-all lint format data figures-cpu figures-real estimators-cpu estimators-mnist example-estimator bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,19 @@ figures-cpu: $(STAMP) ## run the CPU-scale presets (cells in parallel; finished 
 	for p in $(CPU_PRESETS); do $(PY) train.py experiment=$$p sweep=$${p}$(SWEEP_SUFFIX) $(QUIET) $(LAUNCHER) $(FIGURE_ARGS) || exit 1; done
 	for p in $(EARLY_STOPPED); do $(PY) train.py experiment=$$p sweep=$${p}$(SWEEP_SUFFIX) q=none early_stopping=true $(QUIET) $(LAUNCHER) $(FIGURE_ARGS) || exit 1; done
 	for p in $(CPU_PRESETS); do $(PY) -m noisy_convnet.report outputs/multirun/$${p}$(SWEEP_SUFFIX) --out $(FIGURES)/$$p || exit 1; done
+
+DATA_ROOT ?=
+data: $(STAMP) ## fetch and md5-verify MNIST, Fashion-MNIST and CIFAR-N's labels into data.root (DATA_ROOT=..., default ~/.cache/noisy-convnet), once, before a sweep
+	$(PY) -m noisy_convnet.fetch mnist fashion_mnist cifar-n $(if $(DATA_ROOT),--root $(DATA_ROOT))
+
+figures-real: data ## Fig. 3 on full-size Fashion-MNIST (cells in parallel, resumable), drawn in $(FIGURES)/fig3_fashion
+	$(PY) train.py experiment=fig3_fashion $(QUIET) $(LAUNCHER) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) $(FIGURE_ARGS)
+	$(PY) -m noisy_convnet.report outputs/multirun/fig3_fashion --out $(FIGURES)/fig3_fashion
+
+estimators-mnist: data ## every Q estimator on full MNIST at pair 0.45 (seed 0, resumable), report in $(FIGURES)/estimators_mnist
+	$(PY) train.py experiment=estimators_mnist $(QUIET) $(LAUNCHER) $(if $(DATA_ROOT),data.root=$(DATA_ROOT))
+	$(PY) train.py experiment=estimators_mnist q=none early_stopping=true $(QUIET) $(LAUNCHER) $(if $(DATA_ROOT),data.root=$(DATA_ROOT))
+	$(PY) -m noisy_convnet.report outputs/multirun/estimators_mnist --out $(FIGURES)/estimators_mnist
 
 ESTIMATOR_PRESETS := estimators_uniform estimators_pair estimators_random estimators_instance
 estimators-cpu: $(STAMP) ## every Q estimator x 5 noise settings x 3 seeds on MNIST-5k (cells in parallel), report in $(FIGURES)/estimators_cpu

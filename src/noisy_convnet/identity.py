@@ -32,7 +32,7 @@ from .record import RESULTS_FILE, Record, read, to_jsonable
 
 # Config keys that say where and how a run is watched, not what it computes: a finished cell is reused
 # whatever they are (a rerun may log elsewhere, or run with another launcher).
-VOLATILE = ("run_dir", "logger", "threads", "gpu_fraction", "sweep", "trainer.enable_progress_bar")
+VOLATILE = ("run_dir", "logger", "threads", "gpu_fraction", "sweep", "trainer.enable_progress_bar", "data.download")
 # Overrides that choose a preset or where and how Hydra launches: never part of a cell's folder name.
 HYDRA_ONLY = ("experiment", "hydra.sweep.dir", "hydra.run.dir", "hydra/launcher", "hydra.launcher.n_jobs")
 MARKER = ".cell-"  # + CellKey.id: an empty file beside a finished cell's results.json

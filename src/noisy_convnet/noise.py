@@ -174,10 +174,13 @@ def load_pt_labels(path: Path):
         return torch.load(path, weights_only=True, map_location="cpu")
 
 
-def labels_from_file(path: str | Path, column: str | None, n: int, k: int) -> np.ndarray:
+def labels_from_file(
+    path: str | Path, column: str | None, n: int, k: int, pool: np.ndarray | None = None
+) -> np.ndarray:
     """One noisy label per pool image, in the pool's order: a .npy vector, a .csv (one column, or the
     column named ``column``), or the .pt dict of CIFAR-10N/CIFAR-100N's human labels (``column`` picks
-    e.g. aggre_label, worse_label, random_label1)."""
+    e.g. aggre_label, worse_label, random_label1). A file with a ``clean_label`` column (CIFAR-N's) must
+    hold the ``pool``'s labels there, in order: else it belongs to another order or data set, refused."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"noise.file: '{path}' does not exist; give a .npy, .csv or .pt file of noisy labels")
@@ -215,6 +218,14 @@ def labels_from_file(path: str | Path, column: str | None, n: int, k: int) -> np
     y = y.reshape(-1)
     if len(y) != n:
         raise UserError(f"noise.file: {len(y)} labels in '{path}', but the training pool has {n} images")
+    clean = table.get("clean_label")
+    if pool is not None and clean is not None and column != "clean_label":
+        clean = np.asarray(clean).reshape(-1)
+        differ = int((clean != pool).sum()) if clean.shape == pool.shape else len(pool)
+        if differ:
+            raise UserError(f"noise.file: the clean_label column of '{path}' differs from the pool's labels at "
+                            f"{differ} of {n} images: the file is in another order than the pool (or of another "
+                            "data set); refused")  # fmt: skip
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= k:
         raise UserError(f"noise.file: labels must be integers in [0, {k - 1}]")
     return y.astype(np.int64)

