@@ -53,14 +53,17 @@ figures-cpu: $(STAMP) ## run the CPU-scale presets (cells in parallel; finished 
 	for p in $(CPU_PRESETS); do $(PY) -m noisy_convnet.report outputs/multirun/$${p}$(SWEEP_SUFFIX) --out $(FIGURES)/$$p || exit 1; done
 
 DATA_ROOT ?=
-data: $(STAMP) ## fetch and md5-verify MNIST, Fashion-MNIST and CIFAR-N's labels into data.root (DATA_ROOT=..., default ~/.cache/noisy-convnet), once, before a sweep
-	$(PY) -m noisy_convnet.fetch mnist fashion_mnist cifar-n $(if $(DATA_ROOT),--root $(DATA_ROOT))
+FETCH := $(PY) -m noisy_convnet.fetch $(if $(DATA_ROOT),--root $(DATA_ROOT))
+data: $(STAMP) ## fetch and md5-verify MNIST, Fashion-MNIST and CIFAR-N's labels into data.root (DATA_ROOT=..., default ~/.cache/noisy-convnet)
+	$(FETCH) mnist fashion_mnist cifar10n cifar100n
 
-figures-real: data ## Fig. 3 on full-size Fashion-MNIST (cells in parallel, resumable), drawn in $(FIGURES)/fig3_fashion
+figures-real: $(STAMP) ## Fig. 3 on full-size Fashion-MNIST (cells in parallel, resumable), drawn in $(FIGURES)/fig3_fashion
+	$(FETCH) fashion_mnist
 	$(PY) train.py experiment=fig3_fashion $(QUIET) $(LAUNCHER) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) $(FIGURE_ARGS)
 	$(PY) -m noisy_convnet.report outputs/multirun/fig3_fashion --out $(FIGURES)/fig3_fashion
 
-estimators-mnist: data ## every Q estimator on full MNIST at pair 0.45 (seed 0, resumable), report in $(FIGURES)/estimators_mnist
+estimators-mnist: $(STAMP) ## every Q estimator on full MNIST at pair 0.45 (seed 0, resumable), report in $(FIGURES)/estimators_mnist
+	$(FETCH) mnist
 	$(PY) train.py experiment=estimators_mnist $(QUIET) $(LAUNCHER) $(if $(DATA_ROOT),data.root=$(DATA_ROOT))
 	$(PY) train.py experiment=estimators_mnist q=none early_stopping=true $(QUIET) $(LAUNCHER) $(if $(DATA_ROOT),data.root=$(DATA_ROOT))
 	$(PY) -m noisy_convnet.report outputs/multirun/estimators_mnist --out $(FIGURES)/estimators_mnist

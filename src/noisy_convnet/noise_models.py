@@ -90,6 +90,14 @@ def _check_matrix(matrix: str, key: str = "noise.matrix") -> str:
     return matrix
 
 
+def _every_class(y_clean: np.ndarray, k: int) -> None:
+    """A realised noise matrix (Q* of label files and instance noise) needs an image of every class."""
+    missing = np.setdiff1d(np.arange(k), y_clean)
+    if len(missing):
+        raise UserError(f"data.train_size: {len(y_clean)} images hold no image of class {missing[0]} (of {k}), so "
+                        "the labels' realised noise matrix has no column for it; raise it")  # fmt: skip
+
+
 def _pool_size(data, n_pool: int) -> int:
     return n_pool if data.train_size is None else int(data.train_size)
 
@@ -155,13 +163,17 @@ class LabelFile(NoiseModel):
         self.file, self.column, self.allow_implausible = str(file), column, allow_implausible
 
     def apply(self, ds: Dataset, data, level: float, seed: int) -> NoisyData:
+        return self._from_file(ds, data, seed, to_absolute_path(self.file))
+
+    def _from_file(self, ds: Dataset, data, seed: int, path: str) -> NoisyData:
         k = ds.num_classes
-        y_file = noise.labels_from_file(to_absolute_path(self.file), self.column, len(ds.pool), k, ds.pool.y.numpy())
+        y_file = noise.labels_from_file(path, self.column, len(ds.pool), k, ds.pool.y.numpy())
         idx = datasets.subset_indices(len(ds.pool), _pool_size(data, len(ds.pool)), seed, k)
         chosen = ds.pool.take(idx)
         y_clean, y_noisy = chosen.y.numpy(), y_file[idx]
         why = "the realised noise matrix of these labels is singular; use q=learned or q=none"
         extra = {"noise_file": self.file, "noise_column": self.column}
+        _every_class(y_clean, k)
         out = NoisyData(chosen.relabel(y_noisy), y_clean, ds.test, k, noise.realised(y_clean, y_noisy, k), self.name,
                         "file", 0.0, len(chosen), ("q", why), extra, indices=idx)  # fmt: skip
         out.level = out.actual_noise
@@ -192,17 +204,20 @@ class CifarN(LabelFile):
         self.name, (self.dataset, self.file_name, columns) = name, self.SETS[name]
         if subset not in columns:
             raise UserError(f"noise.subset: '{subset}' is not a {name} label set; allowed: {', '.join(columns)}")
-        super().__init__(file or "fetched", columns[subset], allow_implausible=False)
-        self.subset, self.fetched = subset, not file
+        super().__init__(file or f"data.root/cifar-n/{self.file_name}", columns[subset], allow_implausible=False)
+        self.subset, self.given = subset, bool(file)
 
     def apply(self, ds: Dataset, data, level: float, seed: int) -> NoisyData:
         if ds.name != self.dataset:
             raise UserError(f"noise: noise={self.name} holds labels of {self.dataset}'s training pool; use "
                             f"data={self.dataset} (or noise=labels with a file of data={ds.name}'s pool)")  # fmt: skip
-        if self.fetched:
+        if self.given:
+            path = to_absolute_path(self.file)
+        else:  # fetched when missing (the label file is small; data.download is about the images), md5-checked
             root = fetch.default_root() if data.root is None else to_absolute_path(data.root)
-            self.file = str(fetch.ensure("cifar-n", root, key="noise.file") / self.file_name)
-        out = super().apply(ds, data, level, seed)
+            path = str(fetch.ensure(self.name, root) / self.file_name)
+            fetch.check(self.name, root)
+        out = self._from_file(ds, data, seed, path)
         out.extra["noise_subset"] = self.subset
         return out
 
@@ -235,9 +250,7 @@ class InstanceNoise(NoiseModel):
         chosen = ds.pool.take(idx)
         y_clean, gen = chosen.y.numpy(), rng(seed, 5)
         rates = noise.instance_rates(len(idx), level, self.rate_sd, gen)
-        missing = np.setdiff1d(np.arange(k), y_clean)
-        if len(missing):  # the realised matrix has no column for a class without an image
-            raise UserError(f"data.train_size: {len(idx)} images hold no image of class {missing[0]}; raise it")
+        _every_class(y_clean, k)
         y_noisy = noise.instance_flip(chosen.x.reshape(len(idx), -1).numpy(), y_clean, k, rates, gen)
         why = "the realised noise matrix of these labels is singular; use q=learned or q=none"
         return NoisyData(chosen.relabel(y_noisy), y_clean, ds.test, k, noise.realised(y_clean, y_noisy, k), self.name,
