@@ -145,6 +145,8 @@ def test_choosing_among_candidates_needs_a_validation_slice(make_cfg):
         ("seed=99999999999999999", "seed"),
         ("optim.optimizer.lr=-0.01", "optim.optimizer.lr"),
         ("optim.optimizer.lr=inf", "optim.optimizer.lr"),
+        ("optim.scheduler.pct_start=2", "optim.scheduler.pct_start"),  # ran a schedule that never warmed up
+        ("optim=sgd optim.optimizer.momentum=1.5", "optim.optimizer.momentum"),
         ("threads=-1", "threads"),
         ("threads=0", "threads"),
         ("data.num_workers=-1", "data.num_workers"),

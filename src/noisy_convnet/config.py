@@ -218,6 +218,8 @@ CHECKS = (
     ),  # fmt: skip
     ("optim.optimizer.lr", lambda v: _number(v) and v > 0, "a finite number > 0"),
     ("optim.optimizer.weight_decay", lambda v: v is None or _number(v) and v >= 0, "a finite number >= 0"),
+    ("optim.optimizer.momentum", lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
+    ("optim.scheduler.pct_start", lambda v: _number(v) and 0 < v < 1, "in (0, 1): the share of steps that warm up"),
     (
         "trainer.enable_checkpointing",
         lambda v: v is True,

@@ -266,6 +266,8 @@ def ensure(name: str, root: str | Path, download: bool = True, key: str = "data.
     if not download:
         raise UserError(f"{key}: {name} not found under '{root}'; data.download=true fetches it (make data), or "
                         f"{src.by_hand(root)}")  # fmt: skip
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{key}: '{root}' is a file; give a folder for the data sets")
     try:
         root.mkdir(parents=True, exist_ok=True)
         with lock(root / f".fetch-{name}.lock", f"the {name} files"):  # the cells of a sweep: one fetches
