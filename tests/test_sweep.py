@@ -378,6 +378,14 @@ def test_report_compares_estimators_with_paired_differences(tmp_path):
     p = report.paired(df, "none+es").set_index(["setting", "method"])
     assert p.loc[("uniform 0.5", "learned"), "vs no noise layer + early stopping: mean"] == pytest.approx(-15.0)
     assert "vs fixed Q*" in (tmp_path / "out" / "comparison.md").read_text()
+    w = report.wide(df).set_index("estimator")  # rows by curve: the baselines first, whatever their labels
+    assert list(w.index) == ["no noise layer", "no noise layer + early stopping", "fixed Q*", "learned", "anchor",
+                             "volmin"]  # fmt: skip
+    assert (
+        w.loc["anchor", "pair 0.5"] == "27.0 +- 2.0 (0.10)" and w.loc["no noise layer", "uniform 0.5"] == "32.0 +- 2.0"
+    )
+    wp = report.wide_paired(df, "none+es").set_index("vs no noise layer + early stopping")
+    assert wp.loc["learned", "uniform 0.5"] == "-15.0 +- 0.0" and "no noise layer + early stopping" not in wp.index
     for name in ("estimators_error_and_q_error", "estimators_q_heatmaps"):
         assert (tmp_path / "out" / f"{name}.png").stat().st_size > 5000
 

@@ -48,6 +48,44 @@ def paired(df: pd.DataFrame, reference: str) -> pd.DataFrame:
     return t.reset_index()
 
 
+# The rows of the wide tables, by curve (report.curve): the baselines first, then the estimators as the
+# literature added them; a curve not listed (your own estimator) follows, by name.
+ORDER = ("none", "none+es", "fixed", "learned", "anchor", "dualt", "confident", "volmin", "trevision", "hoc")
+
+
+def _rows(curves) -> list[str]:
+    known = [c for c in ORDER if c in set(curves)]
+    return known + sorted(set(curves) - set(known))
+
+
+def wide(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per estimator, one column per noise setting: "test error mean +- sd (q_error)" over the
+    seeds (% of the clean test set; sd with two seeds or more): the table to paste into a paper."""
+    d = df.assign(setting=_setting(df))
+    g = d.groupby(["curve", "setting"])
+    t = pd.DataFrame({"mean": 100 * g["test_error"].mean(), "sd": 100 * g["test_error"].std(),
+                      "q": g["q_error"].mean()})  # fmt: skip
+    cell = t.apply(lambda r: f"{r['mean']:.1f}" + ("" if np.isnan(r["sd"]) else f" +- {r['sd']:.1f}")
+                   + ("" if np.isnan(r["q"]) else f" ({r['q']:.2f})"), axis=1)  # one seed: no sd  # fmt: skip
+    out = cell.unstack("setting").reindex(_rows(d["curve"]))
+    out.index = out.index.map(d.groupby("curve")["method"].first())
+    return out.fillna("").rename_axis(index="estimator", columns=None).reset_index()
+
+
+def wide_paired(df: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """``paired`` as one row per estimator, one column per setting: "mean +- sd" of the per-seed differences
+    in points against ``reference`` (a curve); empty without it."""
+    p = paired(df, reference)
+    if not len(p):
+        return p
+    mean = p.columns[2]
+    p = p.assign(cell=p[mean].map("{:+.1f}".format) + " +- " + p["sd"].fillna(0).map("{:.1f}".format))
+    out = p.pivot(index="method", columns="setting", values="cell")
+    labels = df.groupby("curve")["method"].first()
+    order = [labels[c] for c in _rows(df["curve"]) if labels[c] in out.index]
+    return out.reindex(order).fillna("").rename_axis(index=mean.replace(": mean", ""), columns=None).reset_index()
+
+
 def estimators_figure(df: pd.DataFrame):
     import matplotlib.pyplot as plt
 

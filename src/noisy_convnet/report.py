@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import plots
-from .comparison import comparison, estimator_q_heatmaps, estimators_figure, paired
+from .comparison import comparison, estimator_q_heatmaps, estimators_figure, paired, wide, wide_paired
 from .config import schema_defaults
 from .files import write_atomic
 from .identity import cell_config
@@ -386,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = figures(df, out)
     if df["method"].nunique() > 4:
         flip = df[df["outlier_ratio"].isna()] if "outlier_ratio" in df else df
-        parts = [comparison(flip)] + [paired(flip, ref) for ref in ("fixed", "none+es")]
+        parts = [wide(flip), wide_paired(flip, "none+es"), comparison(flip)]
+        parts += [paired(flip, ref) for ref in ("fixed", "none+es")]
         write_atomic(out / "comparison.md", "\n\n".join(p.to_markdown(index=False) for p in parts if len(p)) + "\n")
     print(t.to_string(index=False))
     print(f"{len(df)} runs, {len(problems)} warnings -> {out}/results.csv, results.md, {len(paths)} figures")
