@@ -386,6 +386,10 @@ def test_report_compares_estimators_with_paired_differences(tmp_path):
     )
     wp = report.wide_paired(df, "none+es").set_index("vs no noise layer + early stopping")
     assert wp.loc["learned", "uniform 0.5"] == "-15.0 +- 0.0" and "no noise layer + early stopping" not in wp.index
+    for d in tmp_path.glob("pair,q=none,es=True,*"):  # a setting without the reference: blank, not nan
+        (d / RESULTS_FILE).unlink()
+    wp = report.wide_paired(report.load_sweep(tmp_path)[0], "none+es").set_index("vs no noise layer + early stopping")
+    assert wp.loc["learned", "pair 0.5"] == "" and wp.loc["learned", "uniform 0.5"] == "-15.0 +- 0.0"
     for name in ("estimators_error_and_q_error", "estimators_q_heatmaps"):
         assert (tmp_path / "out" / f"{name}.png").stat().st_size > 5000
 

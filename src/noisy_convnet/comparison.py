@@ -79,11 +79,17 @@ def wide_paired(df: pd.DataFrame, reference: str) -> pd.DataFrame:
     if not len(p):
         return p
     mean = p.columns[2]
+    p = p[p["seeds"] > 0]  # a setting without the reference's runs (yet): left blank
     p = p.assign(cell=p[mean].map("{:+.1f}".format) + " +- " + p["sd"].fillna(0).map("{:.1f}".format))
     out = p.pivot(index="method", columns="setting", values="cell")
     labels = df.groupby("curve")["method"].first()
     order = [labels[c] for c in _rows(df["curve"]) if labels[c] in out.index]
-    return out.reindex(order).fillna("").rename_axis(index=mean.replace(": mean", ""), columns=None).reset_index()
+    return (
+        out.reindex(index=order, columns=sorted(_setting(df).unique()))
+        .fillna("")
+        .rename_axis(index=mean.replace(": mean", ""), columns=None)
+        .reset_index()
+    )
 
 
 def estimators_figure(df: pd.DataFrame):
