@@ -134,8 +134,10 @@ def test_missing_data_set_from_the_command_line_is_one_clean_line(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name, model", [("cifar10", "convnet_cifar"), ("svhn", "resnet18"), ("mnist", "convnet_small"),
-                    ("cifar100", "convnet_cifar"), ("fashion_mnist", "resnet18")],
+    "name, model", [("cifar10", "convnet_cifar"), ("svhn", "convnet_cifar"), ("mnist", "convnet_small"),
+                    ("cifar100", "convnet_cifar"), ("fashion_mnist", "convnet_small"),
+                    pytest.param("svhn", "resnet18", marks=pytest.mark.slow),  # a minute each on one CPU thread
+                    pytest.param("fashion_mnist", "resnet18", marks=pytest.mark.slow)],
 )  # fmt: skip
 def test_each_data_set_and_network_learns_from_the_files(make_cfg, tmp_path, name, model):
     """Each loader keeps every image with its label and the test split apart: on files whose images carry
@@ -155,6 +157,16 @@ def test_alexnet_on_imagenet_sized_images(make_cfg, tmp_path):
     from noisy_convnet.models import alexnet
 
     assert alexnet((3, 64, 64), 7, dropout=0.5)(torch.zeros(2, 3, 64, 64)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("in_shape, small_stem", [((1, 28, 28), True), ((3, 32, 32), True), ((3, 64, 64), False)])
+def test_resnet18_takes_each_data_sets_images(in_shape, small_stem):
+    """resnet18 built for one- and three-channel images, one logit per class (its learning: the slow cases above)."""
+    import torch
+
+    from noisy_convnet.models import resnet18
+
+    assert resnet18(in_shape, 10, small_stem)(torch.zeros(2, *in_shape)).shape == (2, 10)
 
 
 def test_real_noisy_labels_from_a_cifar10n_style_file(make_cfg, tmp_path):
