@@ -213,6 +213,23 @@ def test_a_changed_image_folder_is_another_cell(tmp_path):
     assert identity.input_hashes(cfg) != before
 
 
+def test_verified_files_in_another_folder_are_the_same_cell(make_cfg, tmp_path):
+    """data.root says where files lie: a cell whose files pass their MD5 check is the same cell read from
+    another folder (a cluster's DATA_ROOT, another cache), never trained again; an image folder's root and
+    files read unverified stay part of the cell."""
+    defaults = config.schema_defaults()
+
+    def key(**data):
+        return identity.CellKey.of({"data": {"name": "mnist", **data}, "noise": {}}, defaults, inputs={})
+
+    assert key(root="/a") == key(root="/b") == key()
+    assert key(root="/a", verify=False) != key(root="/b", verify=False)
+    assert key(name="imagefolder", root="/a") != key(name="imagefolder", root="/b")
+    first = run(make_cfg("q=none"))
+    moved = run(make_cfg("q=none", f"data.root={tmp_path / 'elsewhere'}"))  # digits: nothing read from it
+    assert moved.wall_s == pytest.approx(first.wall_s, abs=1e-5)  # the finished record, not a second training
+
+
 def test_the_report_draws_one_curve_per_data_set(tmp_path):
     for ds in ("digits", "mnist5k"):
         for size in (1000, 2000):

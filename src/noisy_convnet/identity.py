@@ -2,6 +2,7 @@
 
 A cell's identity is its ``CellKey``: a hash of the part of its resolved config that decides its numbers
 (``cell_config``: every key but the ``VOLATILE`` ones, which say where and how a run is watched, and
+``data.root`` where it only says where verified files lie (``root_is_location``), and
 without the schema's keys that hold their default, so that spelling a default out, or an option added
 after a cell ran, changes nothing) and a hash of the input files its config names (a noise matrix, a label
 file: ``input_hashes``). It decides
@@ -70,7 +71,18 @@ def cell_config(config: dict, defaults: dict | None = None) -> dict:
             node = node.get(p, {}) if isinstance(node, dict) else {}
         if isinstance(node, dict):
             node.pop(leaf, None)
+    if isinstance(out.get("data"), dict) and root_is_location(out["data"]):
+        out["data"].pop("root", None)
     return out if defaults is None else _without_defaults(out, to_jsonable(defaults))
+
+
+def root_is_location(data: dict) -> bool:
+    """Whether ``data.root`` says only where a data set's files lie, not what they hold: a torchvision set's
+    files pass their MD5 check (the official sums for the MNISTs, torchvision's for the others) wherever they
+    are, so the same cell read from another folder (another DATA_ROOT, another machine's cache) is the same
+    cell. An image folder's root names its images (its listing is an input), and files read with
+    data.verify=false are whatever lies there: for those the root stays part of the cell."""
+    return data.get("name") != "imagefolder" and data.get("verify", True) is not False
 
 
 def _without_defaults(config: dict, defaults: dict) -> dict:
