@@ -169,6 +169,27 @@ def test_resnet18_takes_each_data_sets_images(in_shape, small_stem):
     assert resnet18(in_shape, 10, small_stem)(torch.zeros(2, *in_shape)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("n, sizes", [(129, [129]), (257, [128, 129]), (130, [128, 2]), (128, [128])])
+def test_a_training_epoch_has_no_batch_of_one_image(n, sizes):
+    """A last training batch of one image joins the one before it (batch norm cannot train on one image with
+    1x1 maps); every image is seen once an epoch; evaluation batches stay as they are."""
+    from noisy_convnet.data import TensorBatches
+    from noisy_convnet.datasets import Split
+
+    split = Split(torch.zeros(n, 1, 2, 2, dtype=torch.uint8), torch.arange(n))
+    train = TensorBatches(split, 128, torch.zeros(1), torch.ones(1), shuffle=True)
+    batches = list(train)
+    assert [len(y) for _, y in batches] == sizes and len(train) == len(sizes)
+    assert sorted(torch.cat([y for _, y in batches]).tolist()) == list(range(n))
+    assert [len(y) for _, y in TensorBatches(split, 128, torch.zeros(1), torch.ones(1))][-1] == (n % 128 or 128)
+
+
+def test_resnet18_trains_when_the_last_batch_would_hold_one_image(make_cfg):
+    """129 training images in batches of 128: resnet18's 1x1 maps on 8x8 digits stopped on the last image."""
+    record = run(make_cfg("model=resnet18", "data.train_size=129", "data.val_fraction=0"))
+    assert 0 <= record.test_error <= 1
+
+
 def test_real_noisy_labels_from_a_cifar10n_style_file(make_cfg, tmp_path):
     import torch
 

@@ -72,8 +72,18 @@ class TensorBatches:
         self.mean, self.std, self.channels_last = mean, std, channels_last
         self.seed, self.epoch, self.epoch_of = seed, 0, epoch_of  # epoch_of: the Trainer's epoch, if any
 
+    def _stops(self) -> list[int]:
+        """Where each batch ends. A training epoch's last batch of one image joins the one before it: batch
+        norm cannot train on one image whose maps are 1x1 (resnet18's last block on 8x8 digits), and one
+        image is no gradient step; every image is still seen once an epoch."""
+        n = len(self.split)
+        stops = [*range(self.batch_size, n, self.batch_size), n] if n else []
+        if self.shuffle and len(stops) > 1 and stops[-1] - stops[-2] == 1:
+            del stops[-2]
+        return stops
+
     def __len__(self) -> int:
-        return -(-len(self.split) // self.batch_size)
+        return len(self._stops())
 
     def __iter__(self):
         n = len(self.split)
@@ -82,8 +92,9 @@ class TensorBatches:
         self.epoch += 1
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         order = order.to(self.split.x.device)
-        for start in range(0, n, self.batch_size):
-            idx = order[start : start + self.batch_size]
+        start = 0
+        for stop in self._stops():
+            idx, start = order[start:stop], stop
             x = (self.split.x[idx].float() / 255.0 - self.mean) / self.std
             if self.shift:
                 x = translate(x, self.shift, g)
