@@ -390,8 +390,26 @@ def test_report_compares_estimators_with_paired_differences(tmp_path):
         (d / RESULTS_FILE).unlink()
     wp = report.wide_paired(report.load_sweep(tmp_path)[0], "none+es").set_index("vs no noise layer + early stopping")
     assert wp.loc["learned", "pair 0.5"] == "" and wp.loc["learned", "uniform 0.5"] == "-15.0 +- 0.0"
+    from matplotlib.colors import to_rgba
+
+    for d in (df, df[df["curve"] != "fixed"]):  # an estimator keeps its colour whoever else is drawn
+        handles, labels = report.estimators_figure(d).axes[0].get_legend_handles_labels()
+        assert labels == [m for m in w.index if m in set(d["method"])]  # the tables' order, not the labels'
+        assert handles[labels.index("anchor")].patches[0].get_facecolor() == to_rgba("tab:purple")
+    one = report.wide_paired(df[df["seed"] == 0], "none+es").set_index("vs no noise layer + early stopping")
+    assert one.loc["learned", "uniform 0.5"] == "-15.0"  # one seed: no spread, not "+- 0.0"
     for name in ("estimators_error_and_q_error", "estimators_q_heatmaps"):
         assert (tmp_path / "out" / f"{name}.png").stat().st_size > 5000
+
+
+def test_a_number_is_rounded_once_so_every_table_shows_the_same(tmp_path):
+    """A test error of 0.0075 as float32 stores it (0.00749999...): 0.7 in results.md as in comparison.md,
+    not 0.75 rounded again to 0.8."""
+    err = float(np.float32(75) / np.float32(10_000))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / RESULTS_FILE).write_text(json.dumps(_fake_record("learned", 0.5, 4000, 0, err)))
+    t = report.table(report.load_sweep(tmp_path)[0])
+    assert "| 0.7 (1) " in report.markdown(t)
 
 
 def test_report_leaves_out_what_is_not_a_result_and_warns_about_mixed_cells(tmp_path, capsys):

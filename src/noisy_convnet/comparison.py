@@ -74,13 +74,14 @@ def wide(df: pd.DataFrame) -> pd.DataFrame:
 
 def wide_paired(df: pd.DataFrame, reference: str) -> pd.DataFrame:
     """``paired`` as one row per estimator, one column per setting: "mean +- sd" of the per-seed differences
-    in points against ``reference`` (a curve); empty without it."""
+    in points against ``reference`` (a curve; the mean alone for one seed); empty without it."""
     p = paired(df, reference)
     if not len(p):
         return p
     mean = p.columns[2]
     p = p[p["seeds"] > 0]  # a setting without the reference's runs (yet): left blank
-    p = p.assign(cell=p[mean].map("{:+.1f}".format) + " +- " + p["sd"].fillna(0).map("{:.1f}".format))
+    sd = p["sd"].map(lambda v: "" if pd.isna(v) else f" +- {v:.1f}")  # one seed: no spread to show
+    p = p.assign(cell=p[mean].map("{:+.1f}".format) + sd)
     out = p.pivot(index="method", columns="setting", values="cell")
     labels = df.groupby("curve")["method"].first()
     order = [labels[c] for c in _rows(df["curve"]) if labels[c] in out.index]
@@ -95,16 +96,22 @@ def wide_paired(df: pd.DataFrame, reference: str) -> pd.DataFrame:
 def estimators_figure(df: pd.DataFrame):
     import matplotlib.pyplot as plt
 
+    from .plots import colour
+
     t = comparison(df)
-    settings, methods = sorted(t["setting"].unique()), sorted(t["method"].unique())
+    settings = sorted(t["setting"].unique())
+    labels = df.groupby("curve")["method"].first()
+    curves = _rows(df["curve"])  # in the tables' order, each estimator in its colour of every figure
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
-    width = 0.8 / len(methods)
-    colours = plt.get_cmap("tab10")
-    for m_i, m in enumerate(methods):
-        sub = t[t["method"] == m].set_index("setting").reindex(settings)
-        x = np.arange(len(settings)) + (m_i - (len(methods) - 1) / 2) * width
-        axes[0].bar(x, sub["test_error"], width, yerr=sub["sd"].fillna(0), label=m, color=colours(m_i), capsize=2)
-        axes[1].bar(x, sub["q_error"], width, color=colours(m_i))
+    width = 0.8 / len(curves)
+    for m_i, c in enumerate(curves):
+        sub = t[t["method"] == labels[c]].set_index("setting").reindex(settings)
+        x = np.arange(len(settings)) + (m_i - (len(curves) - 1) / 2) * width
+        color, early_stopped = colour(c)
+        style = {"color": color or "tab:gray", "hatch": "//" if early_stopped else None, "edgecolor": "white"}
+        yerr = sub["sd"] if (sub["seeds"] > 1).any() else None  # one seed: no spread to draw
+        axes[0].bar(x, sub["test_error"], width, yerr=yerr, label=labels[c], capsize=2, **style)
+        axes[1].bar(x, sub["q_error"], width, **style)
     for ax, ylabel in zip(axes, ("clean test error (%), mean +- 1 sd over seeds", "q_error (mean over seeds)"),
                           strict=True):  # fmt: skip
         ax.set_xticks(range(len(settings)), settings)
@@ -122,7 +129,8 @@ def estimator_q_heatmaps(df: pd.DataFrame):
 
     d = df.assign(setting=_setting(df))
     with_q = d[d["_record"].map(lambda r: r.get("Q") is not None)]
-    settings, methods = sorted(with_q["setting"].unique()), sorted(with_q["method"].unique())
+    labels = with_q.groupby("curve")["method"].first()
+    settings, methods = sorted(with_q["setting"].unique()), [labels[c] for c in _rows(with_q["curve"])]
     fig, axes = plt.subplots(len(settings), len(methods) + 1, figsize=(1.9 * (len(methods) + 1) + 0.8,
                              1.9 * len(settings) + 0.4), squeeze=False)  # fmt: skip
     im = None

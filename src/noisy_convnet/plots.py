@@ -10,6 +10,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+# One colour per Q estimator (by its record name, report.curve without "+es"): the same in every figure; the
+# early-stopped variant dashed (lines) or hatched (bars). An estimator not listed (your own): grey bars, and
+# matplotlib's next colour for lines.
+COLOURS = {"none": "tab:red", "fixed": "tab:blue", "learned": "tab:green", "anchor": "tab:purple",
+           "dualt": "tab:orange", "confident": "tab:brown", "volmin": "tab:pink", "trevision": "tab:olive",
+           "hoc": "tab:cyan"}  # fmt: skip
+
+
+def colour(curve: str) -> tuple[str | None, bool]:
+    """(the colour of a curve, e.g. "anchor" or "none+es@mnist", and whether it is early-stopped)."""
+    base = curve.split("@")[0]
+    return COLOURS.get(base.removesuffix("+es")), base.endswith("+es")
+
 
 def q_heatmaps(q_true: np.ndarray, q: np.ndarray | None, title: str = ""):
     """Fig. 2c: the true noise matrix Q* beside the learned (or fixed) Q, same colour scale.

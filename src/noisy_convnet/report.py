@@ -114,8 +114,8 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
             agg[extra] = "mean"
     t = df.groupby(keys, dropna=False).agg(agg)
     t.columns = ["test_error_%", "std_%", "seeds", *[c for c in agg if c != "test_error"]]
-    t["test_error_%"] = (100 * t["test_error_%"]).round(2)
-    t["std_%"] = (100 * t["std_%"]).round(2)
+    t["test_error_%"] = 100 * t["test_error_%"]  # rounded once, where shown: 0.75 is 0.8 in every table
+    t["std_%"] = 100 * t["std_%"]
     return t.reset_index()
 
 
@@ -136,13 +136,9 @@ def markdown(t: pd.DataFrame) -> str:
     return out.to_markdown(index=False) + "\n"
 
 
-# One colour per Q estimator (by its record name), dashed when early-stopped: the same in every figure.
-COLOURS = {"none": "tab:red", "fixed": "tab:blue", "learned": "tab:green"}
-
-
 def _style(curve_name: str) -> dict:
-    base = curve_name.split("@")[0].removesuffix("+es")
-    return {"color": COLOURS.get(base), "linestyle": "--" if base != curve_name else "-"}
+    color, early_stopped = plots.colour(curve_name)
+    return {"color": color, "linestyle": "--" if early_stopped else "-"}
 
 
 def _curves_of(df: pd.DataFrame):
@@ -389,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         parts = [wide(flip), wide_paired(flip, "none+es"), comparison(flip)]
         parts += [paired(flip, ref) for ref in ("fixed", "none+es")]
         write_atomic(out / "comparison.md", "\n\n".join(p.to_markdown(index=False) for p in parts if len(p)) + "\n")
-    print(t.to_string(index=False))
+    print(t.round({"test_error_%": 2, "std_%": 2}).to_string(index=False))
     print(f"{len(df)} runs, {len(problems)} warnings -> {out}/results.csv, results.md, {len(paths)} figures")
     if args.wandb:
         log_to_wandb(paths, args.sweep_dir, t)
