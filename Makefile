@@ -65,7 +65,7 @@ figures-real: $(STAMP) ## Fig. 3 on full-size Fashion-MNIST (27 cells in paralle
 	$(PY) train.py experiment=fig3_fashion $(QUIET) $(LAUNCHER) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) $(FIGURE_ARGS)
 	$(PY) -m noisy_convnet.report outputs/multirun/fig3_fashion --out $(FIGURES)/fig3_fashion
 
-estimators-mnist: $(STAMP) ## every Q estimator on full MNIST at pair 0.45 (seed 0, resumable), report in $(FIGURES)/estimators_mnist
+estimators-mnist: $(STAMP) ## every Q estimator on full MNIST at pair 0.45 (seed 0, resumable; about 83 min on 2 CPU cores), report in $(FIGURES)/estimators_mnist
 	$(FETCH) mnist
 	$(PY) train.py experiment=estimators_mnist $(QUIET) $(LAUNCHER) $(if $(DATA_ROOT),data.root=$(DATA_ROOT))
 	$(PY) train.py experiment=estimators_mnist q=none early_stopping=true $(QUIET) $(LAUNCHER) $(if $(DATA_ROOT),data.root=$(DATA_ROOT))
