@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -400,6 +401,19 @@ def test_report_compares_estimators_with_paired_differences(tmp_path):
     assert one.loc["learned", "uniform 0.5"] == "-15.0"  # one seed: no spread, not "+- 0.0"
     for name in ("estimators_error_and_q_error", "estimators_q_heatmaps"):
         assert (tmp_path / "out" / f"{name}.png").stat().st_size > 5000
+    for d in tmp_path.glob("*,seed=[12]"):  # one seed left: the paired cell is "+10.0" in the file, sign kept
+        shutil.rmtree(d)
+    assert report.main([str(tmp_path), "--out", str(tmp_path / "one")]) == 0
+    assert "| +10.0 " in (tmp_path / "one" / "comparison.md").read_text()
+
+
+def test_every_estimator_has_its_own_colour_and_place_whatever_the_data_set():
+    from noisy_convnet.comparison import _rows
+    from noisy_convnet.plots import COLOURS, colour
+
+    assert _rows(["mine@b", "anchor@b", "none+es@a", "none@a"]) == ["none@a", "none+es@a", "anchor@b", "mine@b"]
+    assert colour("none+es@mnist") == ("tab:red", True) and colour("mine") == colour("mine@x")
+    assert colour("mine")[0] not in COLOURS.values()  # your own estimator never looks like one of these
 
 
 def test_a_number_is_rounded_once_so_every_table_shows_the_same(tmp_path):

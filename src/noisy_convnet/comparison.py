@@ -54,8 +54,9 @@ ORDER = ("none", "none+es", "fixed", "learned", "anchor", "dualt", "confident", 
 
 
 def _rows(curves) -> list[str]:
-    known = [c for c in ORDER if c in set(curves)]
-    return known + sorted(set(curves) - set(known))
+    """The curves in ORDER (a data set's suffix, "@mnist", aside), then the others by name."""
+    rank = {c: i for i, c in enumerate(ORDER)}
+    return sorted(set(curves), key=lambda c: (rank.get(c.split("@")[0], len(ORDER)), c))
 
 
 def wide(df: pd.DataFrame) -> pd.DataFrame:
@@ -108,7 +109,7 @@ def estimators_figure(df: pd.DataFrame):
         sub = t[t["method"] == labels[c]].set_index("setting").reindex(settings)
         x = np.arange(len(settings)) + (m_i - (len(curves) - 1) / 2) * width
         color, early_stopped = colour(c)
-        style = {"color": color or "tab:gray", "hatch": "//" if early_stopped else None, "edgecolor": "white"}
+        style = {"color": color, "hatch": "//" if early_stopped else None, "edgecolor": "white"}
         yerr = sub["sd"] if (sub["seeds"] > 1).any() else None  # one seed: no spread to draw
         axes[0].bar(x, sub["test_error"], width, yerr=yerr, label=labels[c], capsize=2, **style)
         axes[1].bar(x, sub["q_error"], width, **style)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import matplotlib
@@ -11,17 +12,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 # One colour per Q estimator (by its record name, report.curve without "+es"): the same in every figure; the
-# early-stopped variant dashed (lines) or hatched (bars). An estimator not listed (your own): grey bars, and
-# matplotlib's next colour for lines.
+# early-stopped variant dashed (lines) or hatched (bars). An estimator not listed (your own) takes one of
+# OTHERS by its name, never one of these.
 COLOURS = {"none": "tab:red", "fixed": "tab:blue", "learned": "tab:green", "anchor": "tab:purple",
            "dualt": "tab:orange", "confident": "tab:brown", "volmin": "tab:pink", "trevision": "tab:olive",
            "hoc": "tab:cyan"}  # fmt: skip
+OTHERS = ("black", "tab:gray", "gold", "navy", "lime", "teal", "maroon", "darkkhaki")
 
 
-def colour(curve: str) -> tuple[str | None, bool]:
+def colour(curve: str) -> tuple[str, bool]:
     """(the colour of a curve, e.g. "anchor" or "none+es@mnist", and whether it is early-stopped)."""
     base = curve.split("@")[0]
-    return COLOURS.get(base.removesuffix("+es")), base.endswith("+es")
+    name = base.removesuffix("+es")
+    if name not in COLOURS:
+        name_hash = int(hashlib.sha256(name.encode()).hexdigest(), 16)
+        return OTHERS[name_hash % len(OTHERS)], base.endswith("+es")
+    return COLOURS[name], base.endswith("+es")
 
 
 def q_heatmaps(q_true: np.ndarray, q: np.ndarray | None, title: str = ""):

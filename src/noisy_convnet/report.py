@@ -384,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
         flip = df[df["outlier_ratio"].isna()] if "outlier_ratio" in df else df
         parts = [wide(flip), wide_paired(flip, "none+es"), comparison(flip)]
         parts += [paired(flip, ref) for ref in ("fixed", "none+es")]
-        write_atomic(out / "comparison.md", "\n\n".join(p.to_markdown(index=False) for p in parts if len(p)) + "\n")
+        # a table of text cells stays text: "+11.2" keeps its sign
+        tables = (p.to_markdown(index=False, disable_numparse=p.select_dtypes("number").empty) for p in parts if len(p))
+        write_atomic(out / "comparison.md", "\n\n".join(tables) + "\n")
     print(t.round({"test_error_%": 2, "std_%": 2}).to_string(index=False))
     print(f"{len(df)} runs, {len(problems)} warnings -> {out}/results.csv, results.md, {len(paths)} figures")
     if args.wandb:
