@@ -407,6 +407,20 @@ def test_report_compares_estimators_with_paired_differences(tmp_path):
     assert "| +10.0 " in (tmp_path / "one" / "comparison.md").read_text()
 
 
+def test_a_comparison_without_any_q_draws_no_q_heatmaps(tmp_path):
+    """Three data sets of plain nets (six methods, no Q): the bars, and no empty heatmap grid."""
+    for ds in ("digits", "mnist5k", "mnist"):
+        for es in (False, True):
+            d = tmp_path / f"{ds},es={es}"
+            d.mkdir()
+            rec = _fake_record("none", 0.5, 1000, 0, 0.2, early_stopping=es, dataset=ds)
+            rec["config"] = {**rec["config"], "early_stopping": es, "data": {"name": ds, "train_size": 1000}}
+            (d / RESULTS_FILE).write_text(json.dumps(rec))
+    assert report.main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "estimators_error_and_q_error.png").is_file()
+    assert not (tmp_path / "out" / "estimators_q_heatmaps.png").exists()
+
+
 def test_every_estimator_has_its_own_colour_and_place_whatever_the_data_set():
     from noisy_convnet.comparison import _rows
     from noisy_convnet.plots import COLOURS, colour
