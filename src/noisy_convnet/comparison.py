@@ -59,6 +59,12 @@ def _rows(curves) -> list[str]:
     return sorted(set(curves), key=lambda c: (rank.get(c.split("@")[0], len(ORDER)), c))
 
 
+def _labelled(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """(curve, its label) of every curve of df, in the tables' order."""
+    labels = df.groupby("curve")["method"].first()
+    return [(c, labels[c]) for c in _rows(df["curve"])]
+
+
 def wide(df: pd.DataFrame) -> pd.DataFrame:
     """One row per estimator, one column per noise setting: "test error mean +- sd (q_error)" over the
     seeds (% of the clean test set; sd with two seeds or more): the table to paste into a paper."""
@@ -84,8 +90,7 @@ def wide_paired(df: pd.DataFrame, reference: str) -> pd.DataFrame:
     sd = p["sd"].map(lambda v: "" if pd.isna(v) else f" +- {v:.1f}")  # one seed: no spread to show
     p = p.assign(cell=p[mean].map("{:+.1f}".format) + sd)
     out = p.pivot(index="method", columns="setting", values="cell")
-    labels = df.groupby("curve")["method"].first()
-    order = [labels[c] for c in _rows(df["curve"]) if labels[c] in out.index]
+    order = [label for _, label in _labelled(df) if label in out.index]
     return (
         out.reindex(index=order, columns=sorted(_setting(df).unique()))
         .fillna("")
@@ -101,17 +106,16 @@ def estimators_figure(df: pd.DataFrame):
 
     t = comparison(df)
     settings = sorted(t["setting"].unique())
-    labels = df.groupby("curve")["method"].first()
-    curves = _rows(df["curve"])  # in the tables' order, each estimator in its colour of every figure
+    curves = _labelled(df)  # in the tables' order, each estimator in its colour of every figure
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
     width = 0.8 / len(curves)
-    for m_i, c in enumerate(curves):
-        sub = t[t["method"] == labels[c]].set_index("setting").reindex(settings)
+    for m_i, (c, label) in enumerate(curves):
+        sub = t[t["method"] == label].set_index("setting").reindex(settings)
         x = np.arange(len(settings)) + (m_i - (len(curves) - 1) / 2) * width
         color, early_stopped = colour(c)
         style = {"color": color, "hatch": "//" if early_stopped else None, "edgecolor": "white"}
         yerr = sub["sd"] if (sub["seeds"] > 1).any() else None  # one seed: no spread to draw
-        axes[0].bar(x, sub["test_error"], width, yerr=yerr, label=labels[c], capsize=2, **style)
+        axes[0].bar(x, sub["test_error"], width, yerr=yerr, label=label, capsize=2, **style)
         axes[1].bar(x, sub["q_error"], width, **style)
     for ax, ylabel in zip(axes, ("clean test error (%), mean +- 1 sd over seeds", "q_error (mean over seeds)"),
                           strict=True):  # fmt: skip
@@ -125,13 +129,14 @@ def estimators_figure(df: pd.DataFrame):
 
 
 def estimator_q_heatmaps(df: pd.DataFrame):
-    """Q* then each estimator's Q (the lowest seed), one row per noise setting."""
+    """Q* then each estimator's Q (the lowest seed), one row per noise setting; None when no run has a Q."""
     import matplotlib.pyplot as plt
 
     d = df.assign(setting=_setting(df))
     with_q = d[d["_record"].map(lambda r: r.get("Q") is not None)]
-    labels = with_q.groupby("curve")["method"].first()
-    settings, methods = sorted(with_q["setting"].unique()), [labels[c] for c in _rows(with_q["curve"])]
+    if with_q.empty:
+        return None
+    settings, methods = sorted(with_q["setting"].unique()), [label for _, label in _labelled(with_q)]
     fig, axes = plt.subplots(len(settings), len(methods) + 1, figsize=(1.9 * (len(methods) + 1) + 0.8,
                              1.9 * len(settings) + 0.4), squeeze=False)  # fmt: skip
     im = None

@@ -326,8 +326,9 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
         save(_fig4b(outl), "fig4b_inlier_pr")
     if len(flip) and flip["method"].nunique() > 4:  # several estimators compared on the same noisy labels
         save(estimators_figure(flip), "estimators_error_and_q_error")
-        if flip["_record"].map(lambda r: r.get("Q") is not None).any():  # some estimator's Q to draw
-            save(estimator_q_heatmaps(flip), "estimators_q_heatmaps")
+        heatmaps = estimator_q_heatmaps(flip)
+        if heatmaps is not None:  # some estimator's Q to draw
+            save(heatmaps, "estimators_q_heatmaps")
     return made
 
 
