@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-all lint format data figures-cpu figures-real estimators-cpu estimators-mnist example-estimator bench clean
+.PHONY: help install train test test-all lint format data figures-cpu figures-real estimators-cpu estimators-mnist peers-mnist example-estimator bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -76,3 +76,22 @@ estimators-cpu: $(STAMP) ## every Q estimator x 5 noise settings x 3 seeds on MN
 	for p in $(ESTIMATOR_PRESETS); do $(PY) train.py experiment=$$p $(QUIET) $(LAUNCHER) || exit 1; done
 	for p in $(ESTIMATOR_PRESETS); do $(PY) train.py experiment=$$p q=none early_stopping=true $(QUIET) $(LAUNCHER) || exit 1; done
 	$(PY) -m noisy_convnet.report outputs/multirun/estimators_cpu --out $(FIGURES)/estimators_cpu
+
+# The peers' own protocols on full MNIST beside the shared one (issue 28; docs/method.md, "The peers' protocols"):
+# each part (PEERS=) is one protocol's sweep at the three settings below, resumable; SEEDS= chooses the seeds.
+# Each protocol's sweep runs its estimator, anchor points, fixed Q* and the early-stopped plain net (q list in
+# its preset); T-Revision's also its oracle start; the shared protocol's the four estimators (and T-Revision's
+# oracle start), fixed Q* and both plain nets.
+PEERS ?= patrini volmin dualt trevision shared
+PEER_SETTINGS := uniform:0.2 uniform:0.5 pair:0.45
+SEEDS ?= 0,1,2
+PEER_RUN = $(PY) train.py -m seed=$(SEEDS) $(QUIET) $(LAUNCHER) $(if $(DATA_ROOT),data.root=$(DATA_ROOT))
+peers-mnist: $(STAMP) ## the peers' own MNIST protocols beside the shared one (PEERS=..., SEEDS=...; parts and cost: docs/results.md), report in $(FIGURES)/peers_mnist
+	$(FETCH) mnist
+	for p in $(PEERS); do for s in $(PEER_SETTINGS); do \
+	  set -- $$(echo $$s | tr : ' '); at="experiment=protocol_$$p noise.matrix=$$1 level=$$2"; \
+	  $(PEER_RUN) $$at || exit 1; \
+	  if [ $$p = shared ]; then $(PEER_RUN) $$at q=none early_stopping=true || exit 1; fi; \
+	  if [ $$p = shared ] || [ $$p = trevision ]; then $(PEER_RUN) $$at q=trevision q.start=true || exit 1; fi; \
+	done; done
+	$(PY) -m noisy_convnet.report outputs/multirun/peers_mnist --out $(FIGURES)/peers_mnist

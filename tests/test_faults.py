@@ -184,9 +184,11 @@ def test_a_run_keeps_the_users_own_files_in_its_folder(make_cfg, tmp_path):
 
 # -- sweeps keep their promises ---------------------------------------------------------------------------
 def test_a_diverged_cell_says_so_and_the_others_run(tmp_path):
+    """A divergence is not a user mistake: the sweep's exit status is 1 (launch.SweepStatus)."""
     p = run_cli("-m", *FAST, "q=none", "trainer.max_epochs=2", "optim.optimizer.lr=1e9,0.002",
                 f"hydra.sweep.dir={tmp_path}")  # fmt: skip
-    assert p.returncode == 0, p.stderr
+    assert p.returncode == 1, p.stderr
+    assert sum(line.startswith("error: sweep: 1 cell(s) failed") for line in p.stderr.splitlines()) == 1
     assert sum(line.startswith("error: cell ") and "diverged" in line for line in p.stderr.splitlines()) == 1
     assert "Traceback" not in p.stderr
     (done,) = tmp_path.glob(f"*/{RESULTS_FILE}")

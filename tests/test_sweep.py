@@ -39,8 +39,12 @@ def test_every_preset_composes_validates_and_names_its_sweep(preset):
     if preset == "debug":  # one batch of one run, not a sweep
         assert cfg_task.trainer.fast_dev_run is True
         return
-    assert cfg_task.sweep.replace("estimators_cpu/", "estimators_") == preset  # estimators_*: one folder
-    assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper.params
+    if preset.startswith("protocol_"):  # a peer's protocol: a single run, its sweep with -m, in peers_mnist/
+        assert cfg_task.sweep == f"peers_mnist/{preset}" and cfg.hydra.mode is None and cfg.hydra.sweeper.params
+        assert cfg_task.protocol.name == preset.removeprefix("protocol_")
+    else:
+        assert cfg_task.sweep.replace("estimators_cpu/", "estimators_") == preset  # estimators_*: one folder
+        assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper.params
     assert cfg.hydra.sweep.dir == f"outputs/multirun/{cfg_task.sweep}"
 
 
@@ -475,14 +479,22 @@ def test_a_cell_whose_input_file_changed_runs_again(make_cfg, tmp_path):
     assert again.wall_s != first.wall_s and np.allclose(again.Q_true, noise.pair(10, 0.3))
 
 
-def test_one_bad_cell_does_not_stop_the_sweep(tmp_path):
-    p = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "data=digits", "trainer.max_epochs=1",
-                        "level=1.5,0.3", "logger=none", "trainer.enable_progress_bar=false",
-                        f"hydra.sweep.dir={tmp_path}"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib"]])
+def test_one_bad_cell_does_not_stop_the_sweep_and_the_sweep_says_it_failed(tmp_path, launcher):
+    """The other cells run; the command ends with one line naming the failed cell and exit status 2 (a user
+    mistake), whichever launcher ran the cells; a sweep whose cells all succeed exits 0."""
+    p = run_cli("-m", "data=digits", "trainer.max_epochs=1", "level=1.5,0.3", "logger=none",
+                "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path}", *launcher)  # fmt: skip
     assert "error: cell data=digits,level=1.5,trainer.max_epochs=1: level: 1.5 is not allowed" in p.stderr
     assert "Traceback" not in p.stderr
     assert [d.parent.name for d in tmp_path.glob(f"*/{RESULTS_FILE}")] == ["data=digits,level=0.3,trainer.max_epochs=1"]
+    assert p.returncode == 2, p.stderr
+    summary = [line for line in p.stderr.splitlines() if line.startswith("error: sweep:")]
+    assert len(summary) == 1 and "1 cell(s) failed (data=digits,level=1.5,trainer.max_epochs=1)" in summary[0]
+    assert not (tmp_path / ".failed").exists()  # the notes are read and removed
+    good = run_cli("-m", "data=digits", "trainer.max_epochs=1", "level=0.3", "logger=none",
+                   "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path}", *launcher)  # fmt: skip
+    assert good.returncode == 0 and "error" not in good.stderr, good.stderr
 
 
 def test_report_logs_to_wandb_offline_without_a_key(tmp_path):

@@ -5,6 +5,7 @@ A user error (bad level, unknown data set or option, malformed matrix file, ...)
 stderr naming the key and what is allowed, and exit status 2; Hydra's own composition errors are turned
 into that line too (config.user_error). In a sweep, a bad cell says so in one line and the others run.
 A training that diverges ends with one line and exit status 1 (in a sweep: one line, and the other cells run).
+A sweep with failed cells ends with one line naming them, exit status 2 (all user mistakes) or 1.
 """
 
 import os
@@ -16,7 +17,7 @@ from omegaconf import DictConfig
 
 from .config import user_error
 from .errors import Diverged, UserError
-from .launch import SWEEP_PID, share_machine, stop_with_sweep, sweep_cell
+from .launch import STATUS, SWEEP_PID, cell_failed, share_machine, stop_with_sweep, sweep_cell
 from .train import run
 
 
@@ -30,11 +31,13 @@ def main(cfg: DictConfig) -> float:
     except UserError as e:
         if sweep_cell() is not None:  # one bad cell: say which, write nothing, let the others run
             print(f"error: cell {hc.job.override_dirname or hc.job.num}: {e}", file=sys.stderr)
+            cell_failed(hc, "user", str(e))
             return float("nan")
         _exit(e, 2)
     except Diverged as e:  # not a result: fail the run loudly, without a traceback; in a sweep, this cell only
         if sweep_cell() is not None:
             print(f"error: cell {hc.job.override_dirname or hc.job.num}: {e}", file=sys.stderr)
+            cell_failed(hc, "diverged", str(e))
             return float("nan")
         _exit(e, 1)
     print(f"test error {record.test_error:.4f}  results: {record.config['run_dir']}/results.json")
@@ -60,3 +63,5 @@ def entry() -> None:
         if err is None:
             raise
         _exit(err, 2)
+    if STATUS["exit"]:  # a sweep with failed cells (launch.SweepStatus said which)
+        sys.exit(STATUS["exit"])

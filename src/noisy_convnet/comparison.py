@@ -5,6 +5,8 @@ a reference on the same seed, a bar figure of both and Q heatmaps per estimator 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -54,9 +56,15 @@ ORDER = ("none", "none+es", "fixed", "learned", "anchor", "dualt", "confident", 
 
 
 def _rows(curves) -> list[str]:
-    """The curves in ORDER (a data set's suffix, "@mnist", aside), then the others by name."""
+    """The curves in ORDER (a data set's suffix "@mnist" and a protocol's "#volmin" aside), then the others by
+    name."""
     rank = {c: i for i, c in enumerate(ORDER)}
-    return sorted(set(curves), key=lambda c: (rank.get(c.split("@")[0], len(ORDER)), c))
+
+    def key(c: str) -> tuple[int, str]:
+        base = re.split("[@#]", c)[0]
+        return rank.get(base, rank.get(base.removesuffix("+es"), len(ORDER))), c
+
+    return sorted(set(curves), key=key)
 
 
 def _labelled(df: pd.DataFrame) -> list[tuple[str, str]]:

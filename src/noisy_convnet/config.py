@@ -56,18 +56,48 @@ class DataConf:
     num_workers: int = 4  # DataLoader workers decoding the images
 
 
+SELECTIONS = ("nll", "accuracy")  # what "the best noisy-validation epoch" means: lowest NLL, highest accuracy
+ESTIMATE_ON = ("train", "all")
+
+
+@dataclass
+class StageConf:
+    """One training of an estimator that departs from the run's protocol (a peer's own): null keys are the
+    run's (trainer.max_epochs, optim, selection) or the estimator's (early_stopping)."""
+
+    epochs: int | None = None
+    optim: Any = None  # an optim node ({optimizer: {_target_...}, scheduler: ...}) as in conf/optim/
+    early_stopping: bool | None = None  # true: the best noisy-validation epoch is kept; false: the last
+    selection: str | None = None  # nll | accuracy
+
+
+@dataclass
+class ProtocolConf:
+    """How the estimators' trainings run (conf/experiment/protocol_*.yaml set a peer's own; docs/method.md)."""
+
+    name: str = "shared"  # named in the record
+    estimator: str | None = None  # the estimator whose paper this protocol is (its "own" in the report)
+    estimate_on: str = "train"  # images the plain net's p(noisy | x) estimates T on: train | all (+ validation)
+    plain: StageConf = field(default_factory=StageConf)  # the plain net an estimator trains first
+    reweight: StageConf = field(default_factory=StageConf)  # T-Revision's importance reweighting
+    revision: StageConf = field(default_factory=StageConf)  # T-Revision's revision
+    q_optimizer: str | None = None  # a Q learned end to end (VolMinNet): its own optimiser (adam), or null: the net's
+
+
 @dataclass
 class TrainConf:
     seed: int = 0  # one seed feeds the training subset, Q*, the noisy labels and the training
     level: float = 0.5  # noise level in [0, 1): the share of labels Q* moves off their true class (flip noise)
     early_stopping: bool = False  # true: stop on the noisy validation NLL and test the best model
-    patience: int = 5  # epochs without improvement before early stopping
+    patience: int | None = 5  # epochs without improvement before early stopping; null: all epochs, the best kept
+    selection: str = "nll"  # the best noisy-validation epoch: lowest NLL (nll) or highest accuracy of Q p
     run_dir: str | None = None  # None: Hydra's output directory, or outputs/runs/<time>-<pid> without Hydra
     sweep: str = "default"  # a sweep (-m) writes to outputs/multirun/<sweep>/<cell>; reruns skip finished cells
     threads: int | None = None  # torch CPU threads for this run; None = torch's default (all cores)
     gpu_fraction: float | None = None  # share of the GPU's memory this run may take; None = all of it
     save_model: bool = False  # keep the tested base net's weights as model.pt in the run directory
     data: DataConf = field(default_factory=DataConf)
+    protocol: ProtocolConf = field(default_factory=ProtocolConf)
     noise: Any = None  # a NoiseModel (conf/noise/*.yaml)
     q: Any = None  # a QEstimator (conf/q/*.yaml)
     model: Any = None
@@ -201,7 +231,9 @@ def _number(value, integer: bool = False) -> bool:
 CHECKS = (
     ("seed", lambda v: _number(v, True) and 0 <= v < 2**32, "a whole number in [0, 2**32)"),
     ("level", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
-    ("patience", lambda v: v >= 1, "a whole number >= 1"),
+    ("patience", lambda v: v is None or v >= 1, "a whole number >= 1, or null (every epoch, the best kept)"),
+    ("selection", lambda v: v in SELECTIONS, _allowed(SELECTIONS)),
+    ("protocol.estimate_on", lambda v: v in ESTIMATE_ON, _allowed(ESTIMATE_ON)),
     ("threads", lambda v: v is None or v >= 1, ">= 1, or null for torch's default"),
     ("gpu_fraction", lambda v: v is None or 0.0 < v <= 1.0, "in (0, 1], or null"),
     ("data.train_size", lambda v: v is None or v >= 1, "a positive number of images, or null for all"),
@@ -220,6 +252,12 @@ CHECKS = (
     ("optim.optimizer.weight_decay", lambda v: v is None or _number(v) and v >= 0, "a finite number >= 0"),
     ("optim.optimizer.momentum", lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
     ("optim.scheduler.pct_start", lambda v: _number(v) and 0 < v < 1, "in (0, 1): the share of steps that warm up"),
+    (
+        "optim.scheduler.milestones",
+        lambda v: all(_number(m, True) and m >= 1 for m in v),
+        "a list of whole epochs >= 1 (at each, lr x gamma)",
+    ),
+    ("optim.scheduler.gamma", lambda v: _number(v) and 0 < v <= 1, "in (0, 1]: the factor at each milestone"),
     (
         "trainer.enable_checkpointing",
         lambda v: v is True,
@@ -270,6 +308,28 @@ def _check_trainer(cfg: DictConfig) -> None:
         raise UserError(f"trainer.fast_dev_run: {fast!r} is not allowed; true, false or a number of batches >= 1")
 
 
+def _check_stage(cfg: DictConfig, role: str) -> None:
+    """protocol.<role>: its epochs, selection and optimiser (built once here, so a bad one is one line)."""
+    node, key = cfg.protocol[role], f"protocol.{role}"
+    _check(cfg, f"{key}.epochs", lambda v: v is None or (_number(v, True) and v >= 1), "a whole number >= 1, or null")
+    _check(cfg, f"{key}.selection", lambda v: v is None or v in SELECTIONS, f"{_allowed(SELECTIONS)}, or null")
+    if node.optim is None:
+        return
+    if not isinstance(node.optim, DictConfig) or "optimizer" not in node.optim:
+        raise UserError(
+            f"{key}.optim: an optim node ({{optimizer: ..., scheduler: ...}}, as conf/optim/*.yaml), or null"
+        )
+    import torch
+
+    optimizer = build(node.optim.optimizer, f"{key}.optim.optimizer")
+    try:
+        optimizer([torch.nn.Parameter(torch.zeros(1))])
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{key}.optim.optimizer: {e}") from None
+    if node.optim.get("scheduler") is not None:
+        build(node.optim.scheduler, f"{key}.optim.scheduler")
+
+
 def _check(cfg: DictConfig, key: str, ok, allowed: str) -> None:
     value = OmegaConf.select(cfg, key, default="__absent__")
     if value == "__absent__":
@@ -291,6 +351,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     for key, ok, allowed in CHECKS:
         _check(cfg, key, ok, allowed)
     _check_trainer(cfg)
+    for role in ("plain", "reweight", "revision"):
+        _check_stage(cfg, role)
     if cfg.data.name not in datasets.NAMES:
         raise UserError(f"data.name: unknown data set '{cfg.data.name}'; allowed: {_allowed(datasets.NAMES)}")
     if cfg.early_stopping and cfg.data.val_fraction == 0:

@@ -45,6 +45,10 @@ class Split:
         idx = torch.as_tensor(idx, dtype=torch.long)
         return Split(self.x[idx], self.y[idx], self.source)
 
+    def join(self, other: Split) -> Split:
+        """This split's images and labels, then ``other``'s (of the same source)."""
+        return Split(torch.cat([self.x, other.x]), torch.cat([self.y, other.y]), self.source)
+
     def relabel(self, y: np.ndarray | torch.Tensor) -> Split:
         return Split(self.x, torch.as_tensor(y, dtype=torch.long), self.source)
 

@@ -26,6 +26,14 @@ The field's estimators, as published (flip noise and label files; they refuse ou
   dualt     -- Dual-T (Yao et al. 2020)
   confident -- cleanlab's confident joint (Northcutt et al. 2021), an optional extra (AGPL-3.0)
   volmin    -- VolMinNet (Li et al. 2021)
+  trevision -- T-Revision (Xia et al. 2019)
+  hoc       -- HOC (Zhu et al. 2021)
+Those that train through an estimated T (anchor, dualt, confident, hoc, trevision) take ``start``:
+``estimated`` (their method) or ``true``, the oracle start: their training stages run through Q* instead of
+their estimate, which separates the estimation error from what the training does (``q=anchor q.start=true``
+is forward correction through Q*, the same run as ``q=fixed``). Their record name gains "_oracle".
+Each training names its role ("plain", "reweight", "revision"), so a peer's protocol (the run's
+``protocol.<role>``) can give it its own epochs, optimiser and selection rule (factory.Trainers.settings).
 """
 
 from __future__ import annotations
@@ -88,8 +96,9 @@ class NoQ(QEstimator):
         return noisy.num_classes  # a K-output net has no class for labelled outliers
 
     def fit(self, noisy, train, val, trainers) -> Fitted:
-        stage = PLAIN if trainers.context.early_stopping else None  # early-stopped: the shared plain net
-        return Fitted(trainers.fit(NoiseLayer(self.outputs(noisy)), train, val, stage=stage), None)
+        if trainers.context.early_stopping:  # the shared plain net, as the estimators' first stage trains it
+            return Fitted(trainers.fit(NoiseLayer(self.outputs(noisy)), train, val, stage=PLAIN, role="plain"), None)
+        return Fitted(trainers.fit(NoiseLayer(self.outputs(noisy)), train, val), None)
 
 
 class FixedQ(QEstimator):
@@ -243,14 +252,43 @@ class _KClasses(QEstimator):
             )
 
 
-class _ForwardCorrection(_KClasses):
+def _estimation_images(train: Split, val: Split, trainers: Trainers) -> Split:
+    """The images a plain net's p(noisy | x) estimates T on: the training part, or with the protocol's
+    estimate_on=all the validation slice too (Patrini et al. estimate on every noisy image)."""
+    return train.join(val) if trainers.context.estimate_on == "all" else train
+
+
+def _start(value) -> bool:
+    """q.start: True for the oracle start (``true``: Q* instead of the estimate), False for ``estimated``."""
+    if value is True or value == "true":
+        return True
+    if value == "estimated":
+        return False
+    raise UserError(f"q.start: {value!r} is not allowed; estimated (the method's own T) or true (Q*: the oracle start)")
+
+
+class _Started(_KClasses):
+    """An estimator that trains through an estimated T, with the oracle start as an option (q.start)."""
+
+    oracle = False
+
+    def started(self, start) -> None:
+        self.oracle = _start(start)
+        if self.oracle:  # another curve of the report than the method's own
+            self.name, self.label = f"{type(self).name}_oracle", f"{type(self).label} (start: Q*)"
+
+
+class _ForwardCorrection(_Started):
     """Two stages: Q_hat from early-stopped plain nets on the training part (``estimate``), then a fresh net
     trained through Q_hat, fixed, with the run's own protocol. Keeps the p(noisy | x) it estimated from as
-    probs.npy in the run directory (rows: the first rows of the run's noisy_labels.npy, the training part)."""
+    probs.npy in the run directory (rows: the first rows of the run's noisy_labels.npy, the training part).
+    With the oracle start there is no estimate: the fresh net trains through Q*."""
 
     estimated = True
 
     def needs_validation(self) -> str | None:
+        if self.oracle:
+            return None
         return f"q: q={self.name} early-stops its plain net on the noisy validation slice, which needs one"
 
     def estimate(self, noisy: NoisyData, k: int, train: Split, val: Split, trainers: Trainers
@@ -262,11 +300,15 @@ class _ForwardCorrection(_KClasses):
               stage: str | None = PLAIN) -> Training:  # fmt: skip
         """A plain net early-stopped on the noisy validation slice (the shared stage when trained on the
         whole training part), with p(noisy | x) on ``predict``."""
-        return trainers.fit(NoiseLayer(k), train, val, early_stopping=True, predict=predict, stage=stage)
+        return trainers.fit(NoiseLayer(k), train, val, early_stopping=True, predict=predict, stage=stage,
+                            role="plain")  # fmt: skip
 
     def fit(self, noisy, train, val, trainers) -> Fitted:
         k, t0 = self.outputs(noisy), time.perf_counter()
-        q_hat, probs, fields = self.estimate(noisy, k, train, val, trainers)
+        if self.oracle:
+            q_hat, probs, fields = noisy.q_true, None, {}
+        else:
+            q_hat, probs, fields = self.estimate(noisy, k, train, val, trainers)
         estimate_s = time.perf_counter() - t0
         if probs is not None:
             save_array(trainers.context.artifacts / "probs.npy", probs)
@@ -289,11 +331,13 @@ class AnchorQ(_ForwardCorrection):
 
     name, label = "anchor", "anchor points"
 
-    def __init__(self, anchor_percentile: float):
+    def __init__(self, anchor_percentile: float, start: str):
         self.percentile = _percentile(anchor_percentile)
+        self.started(start)
 
     def estimate(self, noisy, k, train, val, trainers):
-        plain = self.plain(k, train, val, trainers, predict=train)
+        images = _estimation_images(train, val, trainers)
+        plain = self.plain(k, train, val, trainers, predict=images)
         return anchor_t(plain.probs, self.percentile).T, plain.probs, {"plain_test_error": plain.test.test_error}
 
 
@@ -303,8 +347,9 @@ class DualTQ(AnchorQ):
     name, label = "dualt", "Dual-T"
 
     def estimate(self, noisy, k, train, val, trainers):
-        plain = self.plain(k, train, val, trainers, predict=train)
-        t = anchor_t(plain.probs, self.percentile) @ count_t(plain.probs, train.y.numpy())
+        images = _estimation_images(train, val, trainers)
+        plain = self.plain(k, train, val, trainers, predict=images)
+        t = anchor_t(plain.probs, self.percentile) @ count_t(plain.probs, images.y.numpy())
         return t.T, plain.probs, {"plain_test_error": plain.test.test_error}
 
 
@@ -315,11 +360,12 @@ class ConfidentQ(_ForwardCorrection):
 
     name, label = "confident", "confident joint"
 
-    def __init__(self, folds: int):
+    def __init__(self, folds: int, start: str):
         if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
             raise UserError(f"q.folds: {folds} must be a whole number >= 2")
         _require_cleanlab()
         self.folds = folds
+        self.started(start)
 
     def estimate(self, noisy, k, train, val, trainers):
         from sklearn.model_selection import StratifiedKFold
@@ -341,11 +387,18 @@ class ConfidentQ(_ForwardCorrection):
 
 class VolMinQ(_KClasses):
     """VolMinNet (Li et al. 2021): Q learned end to end with the minimum-volume term, in one training
-    (layers.VolMinNoiseLayer); the keys are conf/q/volmin.yaml's."""
+    (layers.VolMinNoiseLayer); the keys are conf/q/volmin.yaml's (``optimizer``: Q's own, or null for a
+    group of the network's)."""
 
     name, label, estimated = "volmin", "VolMinNet", True
 
-    def __init__(self, init: float, vol_weight: float, lr: float):
+    def __init__(self, init: float, vol_weight: float, lr: float, optimizer: str | None = None):
+        from .module import LAYER_OPTIMIZERS
+
+        if optimizer is not None and optimizer not in LAYER_OPTIMIZERS:
+            raise UserError(f"q.optimizer: {optimizer!r} is not allowed; {', '.join(LAYER_OPTIMIZERS)}, or null (a "
+                            "parameter group of the network's optimiser)")  # fmt: skip
+        self.optimizer = optimizer
         for key, value, allowed in (("init", init, ""), ("vol_weight", vol_weight, " >= 0"), ("lr", lr, " > 0")):
             number = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
             if not number or (key == "vol_weight" and value < 0) or (key == "lr" and value <= 0):
@@ -353,7 +406,7 @@ class VolMinQ(_KClasses):
         self.init, self.vol_weight, self.lr = float(init), float(vol_weight), float(lr)
 
     def fit(self, noisy, train, val, trainers) -> Fitted:
-        layer = VolMinNoiseLayer(self.outputs(noisy), self.init, self.vol_weight, self.lr)
+        layer = VolMinNoiseLayer(self.outputs(noisy), self.init, self.vol_weight, self.lr, optimizer=self.optimizer)
         t = trainers.fit(layer, train, val)
         return Fitted(t, self.q_of(t))
 
@@ -379,14 +432,16 @@ class HocQ(_ForwardCorrection):
     name, label = "hoc", "HOC"
     SAMPLE = 15_000  # the authors' sample size, or every training image when there are fewer
 
-    def __init__(self, rounds: int, sample_size: int | None, steps: int, lr: float, features: str | None):
+    def __init__(self, rounds: int, sample_size: int | None, steps: int, lr: float, features: str | None,
+                 start: str):  # fmt: skip
+        self.started(start)
         self.rounds, self.steps = _whole("rounds", rounds, 1), _whole("steps", steps, 1)
         self.sample_size = None if sample_size is None else _whole("sample_size", sample_size, 3)
         self.lr = _positive("lr", lr)
         self.features = None if features is None else _feature_file(features)  # read once, before any data
 
     def needs_validation(self) -> str | None:
-        return None if self.features is not None else super().needs_validation()
+        return None if self.features is not None or self.oracle else super().needs_validation()
 
     def estimate(self, noisy, k, train, val, trainers):
         from . import hoc
@@ -404,7 +459,7 @@ class HocQ(_ForwardCorrection):
             features = self.features[noisy.indices[:n]]
         else:
             plain = trainers.fit(NoiseLayer(k), train, val, early_stopping=True, predict=train, outputs=("features",),
-                                 stage=PLAIN)  # fmt: skip
+                                 stage=PLAIN, role="plain")  # fmt: skip
             features, fields["plain_test_error"] = plain.features, plain.test.test_error
         seed = trainers.context.seed
         counts = hoc.consensus(features, train.y.numpy(), k, self.rounds, size, np.random.default_rng([seed, 7]))
@@ -431,19 +486,22 @@ def _feature_file(path) -> np.ndarray:
     return f
 
 
-class TRevisionQ(_KClasses):
+class TRevisionQ(_Started):
     """T-Revision (Xia et al. 2019) in three trainings: (1) the anchor T from the shared early-stopped plain
     net (the authors' best-validation epoch); (2) importance reweighting through that T, continuing the
     plain net, early-stopped on the noisy validation slice (their best-validation epoch); (3) revision:
     continuing (2), the slack dT learned with the network, both at ``revision_lr`` (the authors' one Adam
     learning rate for the two), with the run's protocol, and tested. Q is T + dT with negative entries
     clipped and rows normalised (it is unconstrained while it trains); the record keeps T before and after
-    revision and both q_errors. Departs from the authors' code where it is wrong (layers.ImportanceLayer)."""
+    revision and both q_errors. Departs from the authors' code where it is wrong (layers.ImportanceLayer).
+    The oracle start (start=true) reweights and revises from Q*'s T instead of the anchor T (the plain net
+    still trains: the reweighting continues it)."""
 
     name, label, estimated = "trevision", "T-Revision", True
 
-    def __init__(self, anchor_percentile: float, revision_lr: float):
+    def __init__(self, anchor_percentile: float, revision_lr: float, start: str):
         self.percentile, self.revision_lr = _percentile(anchor_percentile), _positive("revision_lr", revision_lr)
+        self.started(start)
 
     def needs_validation(self) -> str | None:
         return "q: q=trevision early-stops its plain net and its reweighting on the noisy validation slice"
@@ -452,11 +510,13 @@ class TRevisionQ(_KClasses):
         from .layers import ImportanceLayer, stochastic_rows
 
         k = self.outputs(noisy)
-        plain = trainers.fit(NoiseLayer(k), train, val, early_stopping=True, predict=train, stage=PLAIN)
+        plain = trainers.fit(NoiseLayer(k), train, val, early_stopping=True, predict=train, stage=PLAIN, role="plain")
         t_anchor = anchor_t(plain.probs, self.percentile)
-        weighted = trainers.fit(ImportanceLayer(t_anchor, revise=False), train, val, early_stopping=True, init=plain)
-        revised = trainers.fit(ImportanceLayer(t_anchor, revise=True, lr=self.revision_lr), train, val, init=weighted,
-                               net_lr=self.revision_lr)  # fmt: skip
+        t_start = noisy.q_true.T if self.oracle else t_anchor
+        weighted = trainers.fit(ImportanceLayer(t_start, revise=False), train, val, early_stopping=True, init=plain,
+                                role="reweight")  # fmt: skip
+        revised = trainers.fit(ImportanceLayer(t_start, revise=True, lr=self.revision_lr), train, val, init=weighted,
+                               net_lr=self.revision_lr, role="revision")  # fmt: skip
         t_raw = revised.module.noise.t().detach().cpu().numpy().astype(np.float64)
         if not np.isfinite(t_raw).all():
             raise Diverged("q=trevision: the revised T is not finite (lower q.revision_lr)")

@@ -3,9 +3,12 @@
 An estimator sees ``Trainers.fit`` and ``Trainers.context`` and nothing else:
 
   fit(layer, train, val, *, early_stopping=None, init=None, init_noise=False, net_lr=None, predict=None,
-      outputs=("probs",), stage=None) -> Training
+      outputs=("probs",), stage=None, role=None) -> Training
       layer           the noise layer the base net trains through (its class count sizes the net)
       early_stopping  None: the run's protocol; True/False: this training's own
+      role            what this training is to its estimator ("plain", "reweight", "revision"): the run's
+                      protocol.<role> may give it epochs, an optimiser and a selection rule of its own (a
+                      peer's protocol); without one, or with none given there, the run's
       init            a Training to warm-start from: its base net's weights (and, with init_noise, its noise
                       layer's) instead of the seeded fresh ones
       net_lr          the base net's learning rate for this training (None: the optimiser's), e.g. a
@@ -15,6 +18,8 @@ An estimator sees ``Trainers.fit`` and ``Trainers.context`` and nothing else:
       stage           a name: a training with the same inputs (stages.py) is trained once per sweep (or run)
                       and reused by every estimator that asks for it by that name
   context: Context(seed, max_epochs, early_stopping, artifacts): what an estimator may know of the run
+Every training's settings (network, optimiser, schedule, epochs, selection rule) are kept in ``protocol``,
+in order, for the record.
 
 Every training starts from the same seeded weights (``pl.seed_everything(seed)`` first), so two trainings
 of the same layer on the same data give the same numbers whatever ran before, and every training is
@@ -64,6 +69,7 @@ class Context:
     max_epochs: int  # the epoch budget of one training
     early_stopping: bool  # the run's protocol: the tested net is the best noisy-validation epoch's
     artifacts: Path  # the run's folder: an estimator's own files (probabilities, matrices) go here
+    estimate_on: str = "train"  # the images T is estimated on: the training part, or "all" (+ validation slice)
 
 
 @dataclass
@@ -92,6 +98,32 @@ class Training:
     stage: StageUse | None = None  # the shared stage it is, trained here or reused
 
 
+@dataclass(frozen=True)
+class Settings:
+    """How one training runs: the run's protocol, or protocol.<role>'s where it gives a value."""
+
+    role: str | None
+    epochs: int
+    optim: dict  # {optimizer: {_target_...}, scheduler: {...} | None}
+    early_stopping: bool  # keep the best noisy-validation epoch (else the last)
+    selection: str  # nll | accuracy: what "best" means
+
+    def describe(self, model: dict) -> dict:
+        """The record's account of it: network, optimiser, schedule, epochs, which epoch is tested."""
+
+        def named(node):
+            if not node:
+                return None
+            return {"name": str(node.get("_target_", "")).rsplit(".", 1)[-1],
+                    **{k: v for k, v in node.items() if not k.startswith("_")}}  # fmt: skip
+
+        return {"role": self.role or "run", "model": str(model.get("_target_", "")).rsplit(".", 1)[-1],
+                "optimizer": named(self.optim.get("optimizer")), "scheduler": named(self.optim.get("scheduler")),
+                "epochs": self.epochs,
+                "tested": f"best noisy-validation {self.selection}" if self.early_stopping else "last epoch",
+                }  # fmt: skip
+
+
 def _test_result(d: dict) -> TestResult:
     return TestResult(d["test_error"], d["confusion"], d.get("inlier_ap"), d.get("pr_curve"))
 
@@ -107,10 +139,12 @@ class Trainers:
         self.hparams = hparams or {}  # logged to every logger: the flattened config, q and noise by name
         self.num_classes, self.run_dir, self.run_name = num_classes, Path(run_dir), run_name
         self.channels_last = channels_last(cfg)
-        self.context = Context(int(cfg.seed), int(cfg.trainer.max_epochs), bool(cfg.early_stopping), self.run_dir)
+        self.context = Context(int(cfg.seed), int(cfg.trainer.max_epochs), bool(cfg.early_stopping), self.run_dir,
+                               str(cfg.protocol.estimate_on) if "protocol" in cfg else "train")  # fmt: skip
         self.stages = StageStore(stages_dir if stages_dir is not None else self.run_dir / "stages")
         self.count = 0  # nets trained here (a reused stage is not)
         self.used: list[StageUse] = []  # the shared stages this run used, in order
+        self.protocol: list[dict] = []  # every training's settings (Settings.describe), in order
         self._fits = 0  # trainings of the run's own (not stages): their checkpoint folders' numbers
 
     def datamodule(self, train: Split, val: Split, predict: Split | None = None) -> pl.LightningDataModule:
@@ -121,17 +155,20 @@ class Trainers:
 
     def fit(self, layer: NoiseLayer, train: Split, val: Split, *, early_stopping: bool | None = None,
             init: Training | None = None, init_noise: bool = False, net_lr: float | None = None,
-            predict: Split | None = None, outputs: tuple[str, ...] = ("probs",), stage: str | None = None
-            ) -> Training:  # fmt: skip
+            predict: Split | None = None, outputs: tuple[str, ...] = ("probs",), stage: str | None = None,
+            role: str | None = None) -> Training:  # fmt: skip
         """Train a base net (with as many outputs as the layer has classes) through ``layer`` on ``train``,
         watching ``val``; test it (the best epoch's weights with early stopping) and, given ``predict``,
         compute ``outputs`` on its images. Raises Diverged when the loss or Q is not finite at the end."""
         unknown = set(outputs) - set(OUTPUTS)
         if unknown:
             raise ValueError(f"outputs: unknown {sorted(unknown)}; allowed: {', '.join(OUTPUTS)}")
-        es = self.context.early_stopping if early_stopping is None else bool(early_stopping)
+        es = self.settings(role, early_stopping)
         ask = (predict, tuple(outputs) if predict is not None else ())
         start = (init, init_noise, net_lr)
+        self.protocol.append({**es.describe(OmegaConf.to_container(self._cfg.model, resolve=True)),
+                              **({"q_optimizer": layer.optimizer} if layer.optimizer else {}),
+                              **({"init": "continued"} if init is not None else {})})  # fmt: skip
         if stage is None or self._cfg.trainer.get("fast_dev_run"):  # a one-batch check shares nothing
             self._fits += 1
             checkpoints = self.run_dir / "checkpoints" / f"training{self._fits}"
@@ -150,11 +187,24 @@ class Trainers:
         self.used.append(training.stage)
         return training
 
-    def _stage_inputs(self, layer: NoiseLayer, train: Split, val: Split, es: bool, start: tuple) -> dict:
+    def settings(self, role: str | None, early_stopping: bool | None = None) -> Settings:
+        """One training's settings: protocol.<role>'s where it gives them, else the estimator's choice of
+        early stopping, else the run's."""
+        cfg = self._cfg
+        own = (cfg.protocol.get(role) if role is not None and "protocol" in cfg else None) or {}
+        es = self.context.early_stopping if early_stopping is None else bool(early_stopping)
+        es = es if own.get("early_stopping") is None else bool(own.early_stopping)
+        optim = cfg.optim if own.get("optim") is None else own.optim
+        return Settings(role, int(own.get("epochs") or cfg.trainer.max_epochs),
+                        OmegaConf.to_container(optim, resolve=True), es,
+                        str(own.get("selection") or cfg.get("selection", "nll")))  # fmt: skip
+
+    def _stage_inputs(self, layer: NoiseLayer, train: Split, val: Split, es: Settings, start: tuple) -> dict:
         """Exactly what decides a training's weights and test numbers (stages.py)."""
         init, init_noise, net_lr = start
         cfg = OmegaConf.to_container(self._cfg, resolve=True)
-        watched = cell_config({k: cfg.get(k) for k in ("model", "optim", "trainer")})  # volatile keys out
+        trainer = {**cfg["trainer"], "max_epochs": es.epochs}
+        watched = cell_config({"model": cfg.get("model"), "optim": es.optim, "trainer": trainer})  # volatile out
         scalars = {k: v for k, v in vars(layer).items() if isinstance(v, (bool, int, float, str, type(None)))}
         start = None
         if init is not None:
@@ -165,7 +215,8 @@ class Trainers:
             "data": {name: _split_digest(s) for name, s in (("train", train), ("val", val), ("test", self.test_split))},
             "seed": self.context.seed, **watched, "code": provenance(),  # another commit or library: another stage
             "device": training_device(self._cfg).type, "threads": torch.get_num_threads(),  # float sums differ
-            "protocol": {"early_stopping": es, "net_lr": net_lr, "patience": cfg["patience"],
+            "protocol": {"early_stopping": es.early_stopping, "selection": es.selection, "net_lr": net_lr,
+                         "patience": cfg["patience"],
                          "batch_size": cfg["data"]["batch_size"], "shift": cfg["data"]["shift"],
                          "channels_last": self.channels_last},
             "classes": self.num_classes, "shape": list(self.shape),
@@ -174,20 +225,22 @@ class Trainers:
             "init": start,
         }  # fmt: skip
 
-    def _module(self, layer: NoiseLayer, net_lr: float | None = None) -> NoisyLabelModule:
+    def _module(self, layer: NoiseLayer, net_lr: float | None = None, optim: dict | None = None) -> NoisyLabelModule:
         cfg = self._cfg
+        optim = OmegaConf.to_container(cfg.optim, resolve=True) if optim is None else optim
         pl.seed_everything(cfg.seed, workers=True, verbose=False)  # every training starts from the same weights
         net = instantiate(cfg.model, in_shape=self.shape, num_classes=layer.num_classes)
         return NoisyLabelModule(
-            net, layer, instantiate(cfg.optim.optimizer), instantiate(cfg.optim.get("scheduler")),
+            net, layer, instantiate(optim["optimizer"]), instantiate(optim.get("scheduler")),
             q_true=self.q_true, num_classes=self.num_classes, channels_last=self.channels_last, net_lr=net_lr,
         )  # fmt: skip
 
-    def _train(self, layer, train, val, es, start, ask, checkpoints: Path) -> Training:
+    def _train(self, layer, train, val, settings: Settings, start, ask, checkpoints: Path) -> Training:
         cfg, t_start, (init, init_noise, net_lr) = self._cfg, time.perf_counter(), start
+        es = settings.early_stopping
         self.count += 1
         dm = self.datamodule(train, val, ask[0])
-        module = self._module(layer, net_lr)
+        module = self._module(layer, net_lr, settings.optim)
         if init is not None:  # a warm start: the earlier training's weights instead of the seeded fresh ones
             module.net.load_state_dict(init.module.net.state_dict())
             if init_noise:
@@ -195,12 +248,13 @@ class Trainers:
         loggers = build_loggers(cfg, self.run_name, self.count)
         for lg in loggers:  # a dashboard groups and filters runs by any of these keys
             lg.log_hyperparams({**self.hparams, "training": self.count})
-        callbacks = build_callbacks(cfg, checkpoints, es)
+        callbacks = build_callbacks(cfg, checkpoints, es, settings.selection)
         if loggers:
             from pytorch_lightning.callbacks import LearningRateMonitor
 
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-        trainer = self._trainer(logger=loggers or False, callbacks=callbacks, enable_checkpointing=True)
+        trainer = self._trainer(logger=loggers or False, callbacks=callbacks, enable_checkpointing=True,
+                                max_epochs=settings.epochs)  # fmt: skip
         last = checkpoints / "last.ckpt"  # a training killed or requeued half-way: resume where it stopped
         done = checkpoints / "done.json"  # a training that had ended: its fit-time numbers, kept
         if last.is_file() and _unreadable(last):  # cut short by a kill while it was written
@@ -224,6 +278,8 @@ class Trainers:
             val_nll, images_per_s = ended["val_nll"], ended["images_per_s"]
         else:
             score = trainer.checkpoint_callback.best_model_score if es else trainer.callback_metrics.get("val/nll")
+            if es and settings.selection != "nll" and not trainer.fast_dev_run:  # the best epoch's NLL, not its score
+                score = trainer.validate(module, dm, ckpt_path="best", verbose=False)[0].get("val/nll")
             val_nll, images_per_s = None if score is None else float(score), len(train) * epochs / fit_s
             if not trainer.fast_dev_run:
                 write_atomic(done, json.dumps({"val_nll": val_nll, "images_per_s": images_per_s}))
@@ -314,17 +370,24 @@ def _state(t: Training) -> dict:
     }  # fmt: skip
 
 
-def build_callbacks(cfg: DictConfig, checkpoints: Path, early_stopping: bool) -> list:
+# selection -> (the validation metric, its better direction)
+MONITORS = {"nll": ("val/nll", "min"), "accuracy": ("val/acc", "max")}
+
+
+def build_callbacks(cfg: DictConfig, checkpoints: Path, early_stopping: bool, selection: str = "nll") -> list:
     """Progress bar; a checkpoint after every epoch (last.ckpt: model, Q, optimiser and schedule, so a
-    killed or requeued training resumes where it stopped); with early stopping, the best epoch's too."""
+    killed or requeued training resumes where it stopped); with early stopping, the best epoch's too (by
+    ``selection``), and a stop after ``patience`` epochs without a better one (patience null: no stop)."""
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
     cbs = []
     if cfg.trainer.get("enable_progress_bar", True):
         cbs.append(RichProgressBar(leave=True))
     if early_stopping:  # first: trainer.checkpoint_callback, whose "best" is tested
-        cbs.append(EarlyStopping(monitor="val/nll", mode="min", patience=cfg.patience))
-        cbs.append(ModelCheckpoint(dirpath=checkpoints, monitor="val/nll", mode="min", filename="best-{epoch}"))
+        monitor, mode = MONITORS[selection]
+        if cfg.patience is not None:
+            cbs.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.patience))
+        cbs.append(ModelCheckpoint(dirpath=checkpoints, monitor=monitor, mode=mode, filename="best-{epoch}"))
     cbs.append(ModelCheckpoint(dirpath=checkpoints, save_top_k=1, save_last=True))  # every epoch: last.ckpt
     cbs.append(RngState())
     return cbs

@@ -36,6 +36,10 @@ from .record import RESULTS_FILE, Record, read, to_jsonable
 VOLATILE = ("run_dir", "logger", "threads", "gpu_fraction", "sweep", "trainer.enable_progress_bar", "data.download")
 # Overrides that choose a preset or where and how Hydra launches: never part of a cell's folder name.
 HYDRA_ONLY = ("experiment", "hydra.sweep.dir", "hydra.run.dir", "hydra/launcher", "hydra.launcher.n_jobs")
+# Keys added to a group's YAML after cells ran, at the value that computes what those cells computed: left out
+# of a cell's identity at that value, so finished cells stay finished (the schema's own keys need no entry:
+# their defaults are left out already).
+ADDED = {("q", "start"): "estimated", ("q", "optimizer"): None}
 MARKER = ".cell-"  # + CellKey.id: an empty file beside a finished cell's results.json
 NAME_MAX = 255  # bytes in one file name on Linux and macOS file systems
 
@@ -73,6 +77,10 @@ def cell_config(config: dict, defaults: dict | None = None) -> dict:
             node.pop(leaf, None)
     if isinstance(out.get("data"), dict) and root_is_location(out["data"]):
         out["data"].pop("root", None)
+    for (group, key), value in ADDED.items():
+        node = out.get(group)
+        if isinstance(node, dict) and key in node and node[key] == value:
+            node.pop(key)
     return out if defaults is None else _without_defaults(out, to_jsonable(defaults))
 
 

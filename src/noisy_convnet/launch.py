@@ -1,11 +1,18 @@
 """What a run needs to know of the launcher around it: whether it is a sweep's cell, its share of the
-machine under the joblib launcher, and the watchdog that stops a joblib worker with its killed sweep."""
+machine under the joblib launcher, the watchdog that stops a joblib worker with its killed sweep, and the
+sweep's exit status: a cell that fails (a user mistake, a divergence) lets the others run, notes itself in
+the sweep's ``.failed/`` folder, and the command ends with one line naming the failed cells and exit status
+2 (every failure a user mistake) or 1; a sweep whose cells all succeed exits 0."""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
+from pathlib import Path
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 
@@ -62,3 +69,48 @@ def stop_with_sweep(launcher: DictConfig | dict, every_s: float = 1.0) -> None:
 
     if not any(t.name == "stop_with_sweep" for t in threading.enumerate()):
         threading.Thread(target=watch, name="stop_with_sweep", daemon=True).start()
+
+
+FAILED = ".failed"  # in a sweep's folder: one file per cell that failed, named by the command's pid and the job
+STATUS = {"exit": 0}  # the sweep's exit status, set at its end in the command's own process
+
+
+def cell_failed(hc, kind: str, message: str) -> None:
+    """Note a failed cell (``kind``: "user" for a user mistake, "diverged") for its sweep's summary."""
+    from .files import write_atomic
+
+    folder = Path(hc.sweep.dir) / FAILED
+    folder.mkdir(parents=True, exist_ok=True)
+    note = {"cell": hc.job.override_dirname or str(hc.job.num), "kind": kind, "error": message}
+    write_atomic(folder / f"{os.environ.get(SWEEP_PID, os.getpid())}-{hc.job.num}.json", json.dumps(note))
+
+
+class SweepStatus(Callback):
+    """Hydra's callback (conf/hydra/default.yaml) that ends a sweep with its cells' status."""
+
+    def _notes(self, config: DictConfig) -> list[Path]:
+        folder = Path(config.hydra.sweep.dir) / FAILED
+        return sorted(folder.glob(f"{os.getpid()}-*.json")) if folder.is_dir() else []
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        STATUS["exit"] = 0
+        for old in self._notes(config):  # an earlier command's, under a pid this one reuses
+            old.unlink(missing_ok=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        failed = []
+        for path in self._notes(config):
+            try:
+                failed.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                failed.append({"cell": path.stem, "kind": "unknown", "error": "its note cannot be read"})
+            path.unlink(missing_ok=True)
+        try:
+            (Path(config.hydra.sweep.dir) / FAILED).rmdir()
+        except OSError:
+            pass  # not empty (another command's cells) or not there
+        if failed:
+            names = "; ".join(f["cell"] for f in failed)
+            print(f"error: sweep: {len(failed)} cell(s) failed ({names}); the others ran, their results are kept",
+                  file=sys.stderr)  # fmt: skip
+            STATUS["exit"] = 2 if all(f["kind"] == "user" for f in failed) else 1

@@ -81,6 +81,7 @@ class NoiseLayer(nn.Module):
     lr: float | None = None
     warmup_epochs: int = 0
     scheduled = True  # Q's learning rate follows the network's schedule (False: constant)
+    optimizer: str | None = None  # Q's own optimiser by name (module.LAYER_OPTIMIZERS); None: the network's
 
     def __init__(self, num_classes: int):
         super().__init__()
@@ -192,11 +193,14 @@ class VolMinNoiseLayer(NoiseLayer):
     I + sigmoid(W) * (1 - I), W initialised at ``init`` (their -2: off-diagonal entries 0.12 before the
     normalisation), so Q starts diagonally dominant and stays so; the regulariser is their minimum-volume
     term ``vol_weight * log|det Q|`` (their lambda 1e-4), which shrinks Q's simplex while the NLL keeps it
-    consistent with the data. Q has its own learning rate ``lr`` at a constant rate (``scheduled``)."""
+    consistent with the data. Q has its own learning rate ``lr`` at a constant rate (``scheduled``) and,
+    given ``optimizer`` ("adam": their MNIST code's), an optimiser of its own beside the network's."""
 
-    def __init__(self, num_classes: int, init: float, vol_weight: float, lr: float, scheduled: bool = False):
+    def __init__(self, num_classes: int, init: float, vol_weight: float, lr: float, scheduled: bool = False,
+                 optimizer: str | None = None):  # fmt: skip
         super().__init__(num_classes)
         self.vol_weight, self.lr, self.scheduled = float(vol_weight), float(lr), bool(scheduled)
+        self.optimizer = optimizer
         self.weight = nn.Parameter(torch.full((num_classes, num_classes), float(init)))
 
     def q(self) -> torch.Tensor:

@@ -11,6 +11,11 @@ convnet_cifar -- cuda-convnet's "layers-18pct" network, which the paper used for
 resnet18      -- torchvision's ResNet-18, optionally with a 3x3 stride-1 stem and no max-pool for
                  32x32 images (``small_stem``), and with its first layer taking C input channels.
 alexnet       -- torchvision's AlexNet, for ImageNet-sized images (at least 63x63).
+The peers' MNIST networks (their authors' code; docs/method.md, "The peers' protocols"):
+lenet5        -- T-Revision's and VolMinNet's LeNet-5: conv 6 5x5 (pad 2), ReLU, max-pool 2; conv 16 5x5,
+                 ReLU, max-pool 2; linear 120, ReLU; 84, ReLU; K. 61,706 weights on 28x28 with 10 classes.
+mlp           -- Patrini et al.'s and Dual-T's multilayer perceptron: linear layers of ``hidden`` units, each
+                 followed by a ReLU and dropout, then K. 118,282 weights with 784-128-128-10.
 """
 
 from __future__ import annotations
@@ -81,6 +86,42 @@ class ConvNetCifar(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class LeNet5(nn.Module):
+    def __init__(self, in_shape: Sequence[int], num_classes: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_shape[0], 6, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Flatten(),
+        )  # fmt: skip
+        self.head = nn.Sequential(
+            nn.Linear(_flat_size(self.features, in_shape), 120), nn.ReLU(inplace=True),
+            nn.Linear(120, 84), nn.ReLU(inplace=True),
+            nn.Linear(84, num_classes),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class MLP(nn.Module):
+    def __init__(self, in_shape: Sequence[int], num_classes: int, hidden: Sequence[int], dropout: float):
+        super().__init__()
+        if not hidden or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden):
+            raise ValueError(f"model.hidden: {list(hidden)} must be whole numbers >= 1")
+        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+            raise ValueError(f"model.dropout: {dropout!r} must be in [0, 1)")
+        layers, width = [nn.Flatten()], int(torch.Size(in_shape).numel())
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
 
 
 def resnet18(in_shape: Sequence[int], num_classes: int, small_stem: bool) -> nn.Module:

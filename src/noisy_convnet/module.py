@@ -22,14 +22,18 @@ from . import plots
 from .layers import NoiseLayer
 from .models import penultimate
 
+# A schedule (optim.scheduler's _target_, partial) is called as fn(optimizer, total_steps=..., epochs=...,
+# constant=(...)) and returns a per-step LambdaLR that scales each parameter group's own lr; the groups listed
+# in ``constant`` keep their lr (a noise layer trained at its authors' own constant rate, e.g. VolMinNet's T).
+
 
 def one_cycle(
-    optimizer: torch.optim.Optimizer, total_steps: int, pct_start: float = 0.25, div: float = 25.0, constant=()
-):
-    """Per-step schedule that scales every parameter group's own lr: linear warm-up from lr/div over
-    the first pct_start of the steps, then cosine decay to ~0 (the shape of torch's OneCycleLR, but
-    keeping the ratio between groups, e.g. Q's larger lr). The groups listed in ``constant`` keep their lr
-    (a noise layer trained with its authors' own constant rate, e.g. VolMinNet's T)."""
+    optimizer: torch.optim.Optimizer, total_steps: int, pct_start: float = 0.25, div: float = 25.0, constant=(),
+    epochs: int | None = None,
+):  # fmt: skip
+    """Linear warm-up from lr/div over the first pct_start of the steps, then cosine decay to ~0 (the shape
+    of torch's OneCycleLR, but keeping the ratio between groups, e.g. Q's larger lr); per step, whatever
+    the epochs."""
     warm = max(1, int(pct_start * total_steps))
 
     def factor(step: int) -> float:
@@ -40,6 +44,53 @@ def one_cycle(
 
     factors = [(lambda step: 1.0) if i in constant else factor for i in range(len(optimizer.param_groups))]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+
+
+def multi_step(optimizer: torch.optim.Optimizer, total_steps: int, epochs: int, milestones=(), gamma: float = 0.1,
+               constant=()):  # fmt: skip
+    """torch's MultiStepLR on epochs, stepped per batch: lr x gamma once each milestone epoch is reached
+    (milestones [40, 80]: epochs 0-39 at lr, 40-79 at lr x gamma, 80- at lr x gamma^2)."""
+    per_epoch = max(1, total_steps // max(1, epochs))
+    marks = sorted(int(m) for m in milestones)
+
+    def factor(step: int) -> float:
+        epoch = step // per_epoch
+        return gamma ** sum(epoch >= m for m in marks)
+
+    factors = [(lambda step: 1.0) if i in constant else factor for i in range(len(optimizer.param_groups))]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+
+
+class Optimizers(torch.optim.Optimizer):
+    """Several optimisers stepped as one: each keeps its own parameter groups (shared with this one, so a
+    schedule scales them all) and state. For a noise layer with an optimiser of its own (VolMinNet's T:
+    Adam while the network trains by SGD)."""
+
+    def __init__(self, inner: list[torch.optim.Optimizer]):
+        self.inner = inner
+        super().__init__([p for o in inner for g in o.param_groups for p in g["params"]], {})
+        self.param_groups = [g for o in inner for g in o.param_groups]
+
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for o in self.inner:
+            o.step()
+        return loss
+
+    def state_dict(self) -> dict:
+        return {"inner": [o.state_dict() for o in self.inner]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for o, s in zip(self.inner, state_dict["inner"], strict=True):
+            o.load_state_dict(s)
+        self.param_groups = [g for o in self.inner for g in o.param_groups]
+
+
+# A noise layer's own optimiser, by name (NoiseLayer.optimizer; None: a group of the network's optimiser)
+LAYER_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
 class NoisyLabelModule(pl.LightningModule):
@@ -111,7 +162,13 @@ class NoisyLabelModule(pl.LightningModule):
     # -- validation: noisy labels, combined model -----------------------------------------------------
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        self.log("val/nll", self.noise.nll(self.net(x), y), on_epoch=True, prog_bar=True, batch_size=len(y))
+        logits = self.net(x)
+        self.log("val/nll", self.noise.nll(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y))
+        # accuracy of the combined model's p(noisy | x) = Q p on the noisy labels (a selection rule of the peers')
+        p = torch.softmax(logits.float(), dim=1)
+        q = self.noise.q()
+        noisy = p if q is None else p @ q.detach().T.to(p)
+        self.log("val/acc", (noisy.argmax(1) == y).float().mean(), on_epoch=True, batch_size=len(y))
 
     # -- test: clean labels, base model ---------------------------------------------------------------
     def on_test_epoch_start(self) -> None:
@@ -179,12 +236,16 @@ class NoisyLabelModule(pl.LightningModule):
         groups = [{"params": [p for p in self.net.parameters() if p.requires_grad],
                    **({"lr": self.net_lr} if self.net_lr is not None else {})}]  # fmt: skip
         q_params = [p for p in self.noise.parameters() if p.requires_grad]
-        if q_params:
+        q_group = {"params": q_params, "weight_decay": 0.0, **({"lr": self.noise.lr} if self.noise.lr else {})}
+        own = getattr(self.noise, "optimizer", None)
+        if q_params and own is not None:  # Q by an optimiser of its own, stepped with the network's
+            opt = Optimizers([self.optimizer_fn(groups), LAYER_OPTIMIZERS[own]([q_group])])
+        else:
             # Q has its own learning rate and no weight decay (decay would pull it off the simplex).
-            groups.append({"params": q_params, "weight_decay": 0.0, **({"lr": self.noise.lr} if self.noise.lr else {})})
-        opt = self.optimizer_fn(groups)
+            opt = self.optimizer_fn(groups + ([q_group] if q_params else []))
         if self.scheduler_fn is None:
             return opt
         constant = {"constant": (1,)} if q_params and not self.noise.scheduled else {}  # Q is group 1
-        sched = self.scheduler_fn(opt, total_steps=int(self.trainer.estimated_stepping_batches), **constant)
+        sched = self.scheduler_fn(opt, total_steps=int(self.trainer.estimated_stepping_batches),
+                                  epochs=int(self.trainer.max_epochs), **constant)  # fmt: skip
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import matplotlib
@@ -21,8 +22,9 @@ OTHERS = ("black", "tab:gray", "gold", "navy", "lime", "teal", "maroon", "darkkh
 
 
 def colour(curve: str) -> tuple[str, bool]:
-    """(the colour of a curve, e.g. "anchor" or "none+es@mnist", and whether it is early-stopped)."""
-    base = curve.split("@")[0]
+    """(the colour of a curve, e.g. "anchor", "none+es@mnist" or "volmin+es#volmin", and whether it is
+    early-stopped)."""
+    base = re.split("[@#]", curve)[0]
     name = base.removesuffix("+es")
     if name not in COLOURS:
         name_hash = int(hashlib.sha256(name.encode()).hexdigest(), 16)

@@ -68,6 +68,7 @@ class Record:
     inlier_ap: float | None = None  # outlier noise: average precision of telling test inliers from outliers
     pr_curve: dict | None = None  # its precision-recall curve
     stages: list[StageUse] = field(default_factory=list)  # shared stages used, trained here or reused
+    protocol: dict | None = None  # its name and every training's network, optimiser, epochs and tested epoch
     input_hashes: dict = field(default_factory=dict)  # sha256 of the files the config names
     cell: dict | None = None  # the cell's identity (identity.CellKey): what a rerun compares
     fields: dict = field(default_factory=dict)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import plots
+from . import peers, plots
 from .comparison import comparison, estimator_q_heatmaps, estimators_figure, paired, wide, wide_paired
 from .config import schema_defaults
 from .files import write_atomic
@@ -92,6 +92,10 @@ def load_sweep(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     if len(df):
         df["method"] = df.apply(method, axis=1)
         df["curve"] = df.apply(curve, axis=1)
+        df["protocol"] = df["_record"].map(lambda r: (r.get("protocol") or {}).get("name") or "shared")
+        if df["protocol"].nunique() > 1:  # one curve per protocol: an estimator under two protocols is two rows
+            df["method"] = df["method"] + " [" + df["protocol"] + "]"
+            df["curve"] = df["curve"] + "#" + df["protocol"]
         if df["dataset"].nunique() > 1:  # one curve per data set: never two data sets joined into one line
             df["method"] = df["method"] + " (" + df["dataset"].astype(str) + ")"
             df["curve"] = df["curve"] + "@" + df["dataset"].astype(str)
@@ -324,7 +328,9 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
         save(_fig4a(outl), "fig4a_outliers")
     if len(outl) and outl["_record"].iloc[0].get("pr_curve") is not None:
         save(_fig4b(outl), "fig4b_inlier_pr")
-    if len(flip) and flip["method"].nunique() > 4:  # several estimators compared on the same noisy labels
+    if len(flip) and flip["protocol"].nunique() > 1:  # estimators under their own protocols and the shared one
+        save(peers.figure(flip), "peers_error_by_protocol")
+    elif len(flip) and flip["method"].nunique() > 4:  # several estimators compared on the same noisy labels
         save(estimators_figure(flip), "estimators_error_and_q_error")
         heatmaps = estimator_q_heatmaps(flip)
         if heatmaps is not None:  # some estimator's Q to draw
@@ -372,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --out: '{out}' is a file; give a directory", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    flat = df.drop(columns=["_record", "_cell", "_config", "curve"])
+    shared_only = set(df["protocol"]) == {"shared"}  # a column only where some run has a protocol of its own
+    flat = df.drop(columns=["_record", "_cell", "_config", "curve", *(["protocol"] if shared_only else [])])
     write_atomic(out / "results.csv", flat.to_csv(index=False))
     t = table(df)
     write_atomic(out / "results.md", markdown(t))
@@ -384,8 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     paths = figures(df, out)
     if df["method"].nunique() > 4:
         flip = df[df["outlier_ratio"].isna()] if "outlier_ratio" in df else df
-        parts = [wide(flip), wide_paired(flip, "none+es"), comparison(flip)]
-        parts += [paired(flip, ref) for ref in ("fixed", "none+es")]
+        if flip["protocol"].nunique() > 1:
+            parts = [wide(flip), peers.versus_shared(flip), peers.orderings(flip), comparison(flip)]
+        else:
+            parts = [wide(flip), wide_paired(flip, "none+es"), comparison(flip)]
+            parts += [paired(flip, ref) for ref in ("fixed", "none+es")]
         # a table of text cells stays text: "+11.2" keeps its sign
         tables = (p.to_markdown(index=False, disable_numparse=p.select_dtypes("number").empty) for p in parts if len(p))
         write_atomic(out / "comparison.md", "\n\n".join(tables) + "\n")

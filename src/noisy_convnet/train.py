@@ -158,7 +158,9 @@ def _run(cfg: DictConfig, run_dir: Path, key: identity.CellKey, inputs: dict, sw
         threads=torch.get_num_threads(), channels_last=trainers.channels_last, provenance=record_file.provenance(),
         wall_s=time.perf_counter() - t_start, config=OmegaConf.to_container(cfg, resolve=True),
         pool_size=len(ds.pool), test_size=len(ds.test), inlier_ap=t.test.inlier_ap, pr_curve=t.test.pr_curve,
-        stages=trainers.used, input_hashes=inputs,
+        stages=trainers.used, protocol={"name": cfg.protocol.name, "estimator": cfg.protocol.estimator,
+                                          "trainings": trainers.protocol},
+        input_hashes=inputs,
         cell=key.to_dict(), fields={**noisy.extra, **fitted.fields},
     )  # fmt: skip
     plots.save(plots.q_heatmaps(noisy.q_true, fitted.q, _title(record)), run_dir / Q_PNG)
