@@ -112,6 +112,7 @@ def _bad_matrix_files(tmp_path):
         (["hydra.mode=MULTIRUN", "q=none,sometimes", "hydra.sweep.dir=SWEEP"], "q"),
         (["hydra.run.dir=SHAPE"], "hydra.run.dir"),  # an existing file: Hydra cannot make the directory
         (["hydra.run.dir=SHAPE/run"], "hydra.run.dir"),
+        ([f"hydra.run.dir=/tmp/{'a' * 300}"], "hydra.run.dir"),  # a name longer than the file system allows
         (["run_dir=SHAPE"], "run_dir"),
     ],
 )

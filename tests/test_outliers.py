@@ -102,6 +102,9 @@ def test_a_folder_of_images_as_outliers(mnist, tmp_path):
     assert o.n_out == 10 and (o.test.y == 5).sum() == 20
     with pytest.raises(UserError, match="^noise.outlier_source: no images"):
         outliers.folder_images(str(tmp_path / "junk" / "none"), mnist.shape, np.random.default_rng(0))
+    (tmp_path / "junk" / "sub" / "fake.jpg").write_text("not an image")  # one line naming it, no traceback
+    with pytest.raises(UserError, match=r"^noise.outlier_source: '.*fake.jpg' cannot be read as an image"):
+        outliers.folder_images(str(tmp_path / "junk"), mnist.shape, np.random.default_rng(0))
 
 
 def test_fixed_q_without_labelled_outliers_is_a_user_error(make_cfg):
@@ -133,6 +136,10 @@ def test_outliers_with_an_image_folder_stay_files_read_by_its_transform(make_cfg
     is_out = [bool((im == 0).all()) for im in images]
     assert images[0].shape == (3, 16, 16) and is_out == list(o.y_true == 4)
     assert sum(bool((o.test.source[int(i)][0] == 0).all()) for i in o.test.x) == 6  # the other half
+    (tmp_path / "web" / "fake.jpg").write_text("not an image")  # found before any training, one line
+    with pytest.raises(UserError, match=r"^noise.outlier_source: 1 of the outlier images under .*web cannot be read"):
+        outliers.folder_files(str(tmp_path / "web"), ds.pool.source.transform, np.random.default_rng(0))
+    (tmp_path / "web" / "fake.jpg").unlink()
 
     with pytest.raises(UserError, match="^noise.outlier_source: with imagefolder .* not 'photos'"):
         outliers.compose(ds, "photos", 2, 16, 1.0, 2, np.random.default_rng(0))

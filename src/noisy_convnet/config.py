@@ -136,6 +136,11 @@ def user_error(e: Exception, overrides: list[str] | tuple[str, ...] = ()) -> Use
         if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
             return UserError(f"{cause.full_key}: unknown key (to add a new one, write +{cause.full_key}=...)")
         return UserError(f"{cause.full_key}: {str(cause.msg).splitlines()[0]}")
+    tilde = [o for o in overrides if "=" in o and "~" in o.split("=", 1)[1]]
+    if isinstance(e, OverrideParseException) and tilde:  # Hydra's grammar has no unquoted ~
+        key, value = tilde[0].split("=", 1)
+        return UserError(f"{key.lstrip('+~')}: Hydra reads ~ only inside quotes; write \"{key}='{value}'\" (expanded "
+                         "to your home folder) or give the full path")  # fmt: skip
     if isinstance(e, (ConfigCompositionException, OverrideParseException, OmegaConfBaseException)):
         return UserError(f"overrides: {str(e).splitlines()[0]}")
     if isinstance(e, OSError) and e.filename and _raised_by_hydra(e):  # making its output directory
@@ -155,7 +160,7 @@ def _raised_by_hydra(e: Exception) -> bool:
     # the innermost frame makes a directory: not a cell's error re-raised from Hydra's JobReturn
     return (
         bool(frames)
-        and frames[-1].name in ("mkdir", "makedirs")
+        and any(f.name in ("mkdir", "makedirs") for f in frames[-3:])  # pathlib: mkdir, is_dir, stat
         and any(f"{os.sep}hydra{os.sep}" in f for f in files)
         and not ours
     )
@@ -342,12 +347,27 @@ def _check(cfg: DictConfig, key: str, ok, allowed: str) -> None:
         raise UserError(f"{key}: {value!r} is not allowed; {allowed}")
 
 
+# Keys that hold a path (noise.matrix: when not a kind): expanded and normalised before anything reads them
+PATH_KEYS = ("data.root", "noise.file", "noise.matrix", "noise.outlier_source", "q.features")
+
+
+def _paths(cfg: DictConfig) -> None:
+    from .files import user_path
+    from .noise import MATRIX_KINDS
+
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, str) and not (key == "noise.matrix" and value in MATRIX_KINDS):
+            OmegaConf.update(cfg, key, user_path(value, key), merge=False)
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Check every user-facing value; return the typed config. Raises UserError on the first bad one."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise UserError(f"{missing[0]}: required, give it on the command line ({missing[0]}=...)")
     cfg = typed(cfg)
+    _paths(cfg)
     for key, ok, allowed in CHECKS:
         _check(cfg, key, ok, allowed)
     _check_trainer(cfg)

@@ -113,6 +113,11 @@ TORCHVISION = {
 }
 
 
+# What each torchvision set reads under root: with data.verify=false these are a cell's inputs (identity.py)
+READS = {"mnist": ("MNIST/raw",), "fashion_mnist": ("FashionMNIST/raw",), "svhn": ("train_32x32.mat", "test_32x32.mat"),
+         "cifar10": ("cifar-10-batches-py",), "cifar100": ("cifar-100-python",)}  # fmt: skip
+
+
 def _torchvision(name: str, root: str, download: bool, verify: bool) -> Dataset:
     import torchvision.datasets as tvd
 
@@ -122,12 +127,16 @@ def _torchvision(name: str, root: str, download: bool, verify: bool) -> Dataset:
     cls_name, files = TORCHVISION[name]
     cls = getattr(tvd, cls_name)
     cls = cls if verify else _unverified(cls)
-    if verify and name in fetch.SOURCES:  # the raw files fetch.ensure checked, never an old processed/*.pt cache
-        cls = type(cls.__name__, (cls,), {"_check_legacy_exist": lambda self: False})  # torchvision loads unchecked
+    if name in fetch.SOURCES:  # the raw files (checked by fetch.ensure, or the cell's inputs), never an old
+        cls = type(cls.__name__, (cls,), {"_check_legacy_exist": lambda self: False})  # processed/*.pt cache
     splits = ({"split": "train"}, {"split": "test"}) if name == "svhn" else ({"train": True}, {"train": False})
     try:
         parts = [cls(root, download=download, **kw) for kw in splits]
-    except RuntimeError:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
+        if "not found" not in str(e).lower():  # the files are there, but cut short (a shape that does not fit)
+            raise UserError(f"data.root: the {name} files under '{root}' ({files}) are cut short or not in "
+                            f"torchvision's format ({str(e).splitlines()[0][:120]}); get them again with "
+                            "data.download=true") from None  # fmt: skip
         why = "not found or failing its MD5 check" if verify else "not found"
         raise UserError(
             f"data.root: {name} {why} under '{root}' (looked for {files}); get it with data.download=true, "
@@ -149,6 +158,10 @@ def _torchvision(name: str, root: str, download: bool, verify: bool) -> Dataset:
             x = x[:, None]
         elif name != "svhn":  # CIFAR: (N, H, W, C); SVHN is already (N, C, H, W)
             x = x.permute(0, 3, 1, 2)
+        if len(x) != len(y):  # e.g. another split's labels copied over this one's (unverified files)
+            part = "training" if not out else "test"
+            raise UserError(f"data.root: the {name} {part} files under '{root}' hold {len(x)} images and {len(y)} "
+                            f"labels; one label per image is needed (data.verify=true checks the files)")  # fmt: skip
         out.append(Split(x.to(torch.uint8).contiguous(), y))
     k = len(getattr(parts[0], "classes", range(10)))  # SVHN alone has no class list: its 10 digits
     return Dataset(name, out[0], out[1], k)
@@ -195,7 +208,9 @@ def _imagefolder(root: str, image_size: int) -> Dataset:
     return Dataset("imagefolder", splits[0], splits[1], len(parts[0].classes), (3, image_size, image_size))
 
 
-def _check_images(samples: list[tuple[str, int]], where: str) -> None:
+def _check_images(
+    samples: list[tuple[str, int]], where: str, key: str = "data.root", what: str = "test images"
+) -> None:
     """Every test image opens and passes PIL's check (its header; a PNG's checksums too), before any
     training: a bad one found after all the epochs would cost the whole training. (A bad training image
     fails in the first epoch; a JPEG cut short after a sound header is found only when decoded.)"""
@@ -209,7 +224,7 @@ def _check_images(samples: list[tuple[str, int]], where: str) -> None:
         except Exception as e:  # PIL raises many kinds for a broken file
             bad.append(f"{path} ({type(e).__name__})")
     if bad:
-        raise UserError(f"data.root: {len(bad)} of the test images under {where} cannot be read, e.g. {bad[0]}; "
+        raise UserError(f"{key}: {len(bad)} of the {what} under {where} cannot be read, e.g. {bad[0]}; "
                         "replace or remove them")  # fmt: skip
 
 

@@ -453,9 +453,14 @@ class HocQ(_ForwardCorrection):
         size = self.sample_size or min(self.SAMPLE, n)
         fields = {"sample_size": size}
         if self.features is not None:  # one row per pool image: the training part's rows, in its order
-            if noisy.indices is None or len(self.features) <= int(np.max(noisy.indices)):
+            pool = noisy.pool_size
+            if (
+                noisy.indices is None
+                or len(self.features) <= int(np.max(noisy.indices))
+                or len(self.features) != (pool or len(self.features))
+            ):
                 raise UserError(f"q.features: {len(self.features)} rows; one per image of the data set's pool "
-                                "(datasets.load(name).pool's order) is needed")  # fmt: skip
+                                f"({pool} images, datasets.load(name).pool's order) is needed")  # fmt: skip
             features = self.features[noisy.indices[:n]]
         else:
             plain = trainers.fit(NoiseLayer(k), train, val, early_stopping=True, predict=train, outputs=("features",),

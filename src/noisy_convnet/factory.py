@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ from .stages import StageStore, digest, stage_key
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("probs", "features")
+STAGE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a stage's folder is <name>-<key>: no path in a name
 
 
 @dataclass(frozen=True)
@@ -160,9 +162,7 @@ class Trainers:
         """Train a base net (with as many outputs as the layer has classes) through ``layer`` on ``train``,
         watching ``val``; test it (the best epoch's weights with early stopping) and, given ``predict``,
         compute ``outputs`` on its images. Raises Diverged when the loss or Q is not finite at the end."""
-        unknown = set(outputs) - set(OUTPUTS)
-        if unknown:
-            raise ValueError(f"outputs: unknown {sorted(unknown)}; allowed: {', '.join(OUTPUTS)}")
+        self._check_call(layer, outputs, init, init_noise, stage)
         es = self.settings(role, early_stopping)
         ask = (predict, tuple(outputs) if predict is not None else ())
         start = (init, init_noise, net_lr)
@@ -187,6 +187,30 @@ class Trainers:
         self.used.append(training.stage)
         return training
 
+    def _check_call(self, layer, outputs, init, init_noise, stage) -> None:
+        """A user's estimator calling fit() wrongly: one line naming q._target_, before any training."""
+        where = f"q._target_: '{self._cfg.q.get('_target_')}' calls trainers.fit"
+        if not isinstance(layer, NoiseLayer):
+            raise UserError(f"{where} with a {type(layer).__name__}; a layers.NoiseLayer is needed")
+        unknown = sorted(set(outputs) - set(OUTPUTS))
+        if unknown:
+            raise UserError(f"{where}(outputs=...): unknown {unknown}; allowed: {', '.join(OUTPUTS)}")
+        if stage is not None and not (isinstance(stage, str) and STAGE_NAME.fullmatch(stage)):
+            raise UserError(f"{where}(stage={stage!r}): a stage name is 1 to 64 letters, digits, '_' or '-'")
+        if init is not None:
+            if not isinstance(init, Training):
+                raise UserError(f"{where}(init=...) with a {type(init).__name__}; the Training an earlier fit gave")
+            mine = instantiate(self._cfg.model, in_shape=self.shape, num_classes=layer.num_classes).state_dict()
+            theirs = init.module.net.state_dict()
+            same = _shapes(mine) == _shapes(theirs)
+            same = same and (not init_noise or _shapes(init.module.noise.state_dict()) == _shapes(layer.state_dict()))
+            if not same:
+                raise UserError(
+                    f"{where}(init=...) with a training whose net (or noise layer) has other shapes than "
+                    f"this one's ({layer.num_classes} outputs): a warm start needs the same network"
+                )
+        _layer_state(layer, where)
+
     def settings(self, role: str | None, early_stopping: bool | None = None) -> Settings:
         """One training's settings: protocol.<role>'s where it gives them, else the estimator's choice of
         early stopping, else the run's."""
@@ -205,7 +229,6 @@ class Trainers:
         cfg = OmegaConf.to_container(self._cfg, resolve=True)
         trainer = {**cfg["trainer"], "max_epochs": es.epochs}
         watched = cell_config({"model": cfg.get("model"), "optim": es.optim, "trainer": trainer})  # volatile out
-        scalars = {k: v for k, v in vars(layer).items() if isinstance(v, (bool, int, float, str, type(None)))}
         start = None
         if init is not None:
             start = {k: digest(v) for k, v in init.module.net.state_dict().items()}
@@ -220,8 +243,7 @@ class Trainers:
                          "batch_size": cfg["data"]["batch_size"], "shift": cfg["data"]["shift"],
                          "channels_last": self.channels_last},
             "classes": self.num_classes, "shape": list(self.shape),
-            "layer": {"type": f"{type(layer).__module__}.{type(layer).__qualname__}", **scalars,
-                      "state": {k: digest(v) for k, v in layer.state_dict().items()}},
+            "layer": {"type": f"{type(layer).__module__}.{type(layer).__qualname__}", **_layer_state(layer)},
             "init": start,
         }  # fmt: skip
 
@@ -335,9 +357,37 @@ class Trainers:
         return out
 
 
+def _layer_state(layer: NoiseLayer, where: str = "q._target_: the estimator trains") -> dict:
+    """What decides a noise layer besides its class: its public attributes (numbers, strings, and arrays or
+    tensors by digest, a plain tensor attribute as much as a buffer) and its state dict. An attribute of
+    another kind cannot be hashed for a shared stage, and is refused (UserError)."""
+    out = {"state": {k: digest(v) for k, v in layer.state_dict().items()}}
+    for k, v in vars(layer).items():
+        if k.startswith("_") or k == "training":
+            continue
+        if isinstance(v, (bool, int, float, str, type(None))):
+            out[k] = v
+        elif isinstance(v, (torch.Tensor, np.ndarray)):
+            out[k] = digest(torch.as_tensor(v))
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, (bool, int, float, str, type(None))) for x in v):
+            out[k] = list(v)
+        else:
+            raise UserError(
+                f"{where} with a {type(layer).__name__} whose attribute '{k}' is a {type(v).__name__}: "
+                "what decides a noise layer must be numbers, strings, arrays or tensors"
+            )
+    return out
+
+
+def _shapes(state: dict) -> dict:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
 def _unreadable(path: Path) -> bool:
+    """A checkpoint that cannot be read as tensors and plain values (cut short by a kill, or a pickle that
+    would run code: never run, set aside like a cut one). Lightning reads it so too (torch's default)."""
     try:
-        torch.load(path, map_location="cpu", weights_only=False)  # the project's own checkpoint, in its run folder
+        torch.load(path, map_location="cpu", weights_only=True)
         return False
     except Exception:  # noqa: BLE001 -- torch raises several kinds for a cut file (EOFError, RuntimeError, ...)
         return True

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .files import lock, write_atomic
+from .files import lock, user_path, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +285,8 @@ def ensure(name: str, root: str | Path, download: bool = True, key: str = "data.
                 return folder
             for stale in root.glob(f".fetch-{name}-*"):  # a killed fetch's temporary folder
                 shutil.rmtree(stale, ignore_errors=True)
+            for stale in folder.glob(".*.tmp") if folder.is_dir() else []:  # a file it was writing (write_atomic)
+                stale.unlink(missing_ok=True)
             log.info("%s: not under %s, fetching it", name, root)
             files, tried = _fetch(name, src, root)
             if files is None:
@@ -351,7 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="+", choices=sorted(SOURCES), help="what to fetch")
     parser.add_argument("--root", default=None, help=f"data.root (default: {default_root()})")
     args = parser.parse_args(argv)
-    root = Path(args.root) if args.root else default_root()
+    try:
+        root = default_root() if args.root is None else Path(user_path(args.root, "--root"))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     failed = 0
     for name in args.names:  # each on its own: one that cannot be had does not stop the others

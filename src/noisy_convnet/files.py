@@ -26,6 +26,17 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+def user_path(value: str, key: str) -> str:
+    """A path the user gave under ``key``: ``~`` expanded and spelled in one way (``a/./b`` and ``a//b`` are
+    ``a/b``), so the same file is the same input wherever it is named; an empty one (an unset variable) is
+    refused, never taken for the current folder."""
+    from .errors import UserError
+
+    if not str(value).strip():
+        raise UserError(f"{key}: an empty path (an unset variable?); give a file or folder")
+    return os.path.normpath(os.path.expanduser(str(value)))
+
+
 def write_atomic(path: str | Path, data: str | bytes) -> None:
     """Write through a temporary file in the same directory and os.replace: never a half-written file."""
     path = Path(path)

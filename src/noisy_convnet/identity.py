@@ -107,7 +107,8 @@ def _without_defaults(config: dict, defaults: dict) -> dict:
 def input_hashes(config: dict) -> dict:
     """sha256 of every existing file the config's noise and q nodes name (a noise matrix, a label file, a
     feature file), and the listing (every file's path, size and modification time) of every folder they
-    name (an outlier folder) and of an image folder: a cell whose inputs changed is not the same cell."""
+    name (an outlier folder), of an image folder, and of the files a torchvision set read with
+    data.verify=false reads: a cell whose inputs changed is not the same cell."""
     out = {}
     for value in _strings([config.get("noise") or {}, config.get("q") or {}]):
         p = Path(value)
@@ -120,7 +121,21 @@ def input_hashes(config: dict) -> dict:
     data = config.get("data") or {}
     if data.get("name") == "imagefolder" and data.get("root") and Path(data["root"]).is_dir():
         out[str(data["root"])] = _listing(Path(data["root"]))
+    if not root_is_location(data) and data.get("name") != "imagefolder":  # unverified files: whatever lies there
+        from .datasets import READS
+        from .fetch import default_root
+
+        root = Path(data.get("root") or default_root())
+        for part in READS.get(data.get("name"), ()):
+            p = root / part
+            if p.exists():
+                out[str(p)] = _listing(p) if p.is_dir() else _listing_file(p)
     return out
+
+
+def _listing_file(path: Path) -> str:
+    st = path.stat()
+    return f"listing:{st.st_size}:{st.st_mtime_ns}"
 
 
 def _listing(root: Path) -> str:

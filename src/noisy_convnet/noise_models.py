@@ -19,6 +19,7 @@ composition, 4 the halving of an outlier folder, 5 instance noise; the noisy lab
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -54,6 +55,7 @@ class NoisyData:
     extra: dict = field(default_factory=dict)  # the model's own record fields
     indices: np.ndarray | None = None  # each training image's index in the data set's pool (None: not from it)
     files: dict = field(default_factory=dict)  # arrays the run keeps beside its record (name.npy -> array)
+    pool_size: int | None = None  # the data set's pool (set by the run): what indices point into
 
     @property
     def actual_noise(self) -> float:
@@ -172,7 +174,11 @@ class LabelFile(NoiseModel):
         chosen = ds.pool.take(idx)
         y_clean, y_noisy = chosen.y.numpy(), y_file[idx]
         why = "the realised noise matrix of these labels is singular; use q=learned or q=none"
-        extra = {"noise_file": self.file, "noise_column": self.column}
+        extra = {
+            "noise_file": str(path),
+            "noise_file_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+            "noise_column": self.column,
+        }  # the file read, named and hashed (a fetched one has no config path)
         _every_class(y_clean, k)
         out = NoisyData(chosen.relabel(y_noisy), y_clean, ds.test, k, noise.realised(y_clean, y_noisy, k), self.name,
                         "file", 0.0, len(chosen), ("q", why), extra, indices=idx)  # fmt: skip
@@ -216,7 +222,13 @@ class CifarN(LabelFile):
         else:  # fetched when missing (the label file is small; data.download is about the images), md5-checked
             root = fetch.default_root() if data.root is None else to_absolute_path(data.root)
             path = str(fetch.ensure(self.name, root) / self.file_name)
-        out = self._from_file(ds, data, seed, path)
+        try:
+            out = self._from_file(ds, data, seed, path)
+        except UserError as e:
+            if str(e).startswith("noise.column"):  # not a CIFAR-N file (a CIFAR-100N file, a digits .npy, ...)
+                raise UserError(f"noise.file: '{path}' is not a {self.name} label file: noise.subset={self.subset} "
+                                f"reads its '{self.column}' column, which it does not hold") from None  # fmt: skip
+            raise
         out.extra["noise_subset"] = self.subset
         return out
 

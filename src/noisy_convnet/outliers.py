@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .datasets import Dataset, ImageFiles, Split
+from .datasets import Dataset, ImageFiles, Split, _check_images
 from .errors import UserError
 
 SOURCES = ("classes", "photos")  # built in; a torchvision data set's name or a folder path also work
@@ -83,7 +83,12 @@ def folder_images(
     mode = "L" if shape[0] == 1 else "RGB"
 
     def read(f: Path) -> torch.Tensor:
-        a = np.array(Image.open(f).convert(mode))  # a writable copy: torch warns on read-only arrays
+        try:
+            with Image.open(f) as im:
+                a = np.array(im.convert(mode))  # a writable copy: torch warns on read-only arrays
+        except Exception as e:  # noqa: BLE001 -- PIL raises many kinds for a file that is not a sound image
+            raise UserError(f"noise.outlier_source: '{f}' cannot be read as an image ({type(e).__name__}: "
+                            f"{str(e)[:80]}); replace or remove it") from None  # fmt: skip
         return to_shape(torch.from_numpy(a[:, :, None] if a.ndim == 2 else a).permute(2, 0, 1)[None], shape)
 
     return tuple(torch.cat([read(f) for f in part]) for part in halved_image_files(path, rng))
@@ -102,7 +107,10 @@ def halved_image_files(path: str, rng: np.random.Generator) -> tuple[list[Path],
 def folder_files(path: str, transform, rng: np.random.Generator) -> tuple[Split, Split]:
     """The images below ``path`` as file-backed (training, test) Splits for an image-folder data set: a
     seeded half each, read with the data set's own transform."""
-    parts = [ImageFiles(files, transform) for files in halved_image_files(path, rng)]
+    halves = halved_image_files(path, rng)
+    for half in halves:  # every file opens as an image before any training (datasets._check_images)
+        _check_images([(str(f), -1) for f in half], path, "noise.outlier_source", "outlier images")
+    parts = [ImageFiles(files, transform) for files in halves]
     return tuple(Split(torch.arange(len(p)), torch.full((len(p),), -1, dtype=torch.long), p) for p in parts)
 
 

@@ -23,7 +23,8 @@ import pandas as pd
 from . import peers, plots
 from .comparison import comparison, estimator_q_heatmaps, estimators_figure, paired, wide, wide_paired
 from .config import schema_defaults
-from .files import write_atomic
+from .errors import UserError
+from .files import user_path, write_atomic
 from .identity import cell_config
 from .record import RESULTS_FILE, SAME_AS
 
@@ -44,6 +45,7 @@ def method(row: pd.Series) -> str:
     return name + (" + early stopping" if row.get("early_stopping") else "")
 
 
+NEEDED = {"q", "test_error", "dataset", "seed", "level", "matrix", "noise"}  # what the tables read of a record
 DEFAULTS = schema_defaults()  # a key at its default is the same cell whether a record has it or not
 RUNS_FILE = "runs.jsonl"  # the report's compact copy of every record, beside the figures: redrawn from it
 
@@ -68,8 +70,9 @@ def load_sweep(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
         except (ValueError, OSError) as e:  # malformed JSON, bytes that are not UTF-8, a file gone
             problems.append(f"unreadable result {path}: {e}")
             continue
-        if not isinstance(r, dict) or not {"q", "test_error"} <= r.keys():
-            problems.append(f"unreadable result {path}: not a run's record")
+        missing = sorted(NEEDED - r.keys()) if isinstance(r, dict) else []
+        if not isinstance(r, dict) or missing:
+            problems.append(f"left out {path}: not a run's record{f' (no {missing})' if missing else ''}")
             continue
         cfg = r.pop("config", {}) or {}
         if not isinstance(r["test_error"], (int, float)) or not np.isfinite(r["test_error"]):
@@ -353,8 +356,8 @@ def log_to_wandb(paths: list[Path], root: Path, t: pd.DataFrame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m noisy_convnet.report", description=__doc__.splitlines()[0])
-    ap.add_argument("sweep_dir", type=Path, help="a sweep directory (searched recursively for results.json)")
-    ap.add_argument("--out", type=Path, default=None, help="where to write tables and figures (default: SWEEP_DIR)")
+    ap.add_argument("sweep_dir", help="a sweep directory (searched recursively for results.json)")
+    ap.add_argument("--out", default=None, help="where to write tables and figures (default: SWEEP_DIR)")
     ap.add_argument("--wandb", action="store_true", help="also log the figures to W&B")
     ap.add_argument(
         "--titles",
@@ -362,6 +365,12 @@ def main(argv: list[str] | None = None) -> int:
         help="draw the 'Fig. 2b: ...' titles on the figures (a paper puts them in the caption)",
     )
     args = ap.parse_args(argv)
+    try:
+        args.sweep_dir = Path(user_path(args.sweep_dir, "sweep_dir"))
+        args.out = None if args.out is None else Path(user_path(args.out, "--out"))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     global TITLES
     TITLES = args.titles
     if not args.sweep_dir.is_dir():

@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,7 @@ import torch
 from .files import lock, write_atomic
 
 STAGE_FILE = "stage.pt"
+FOLDER = re.compile(r"[A-Za-z0-9_-]{1,64}-[0-9a-f]{64}")  # a stage's folder: <name>-<sha256 key>
 log = logging.getLogger(__name__)
 
 
@@ -48,6 +50,19 @@ def stage_key(name: str, inputs: dict) -> str:
 class StageStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+
+    def clear(self) -> None:
+        """Remove every stage folder here (``<name>-<key>``, finished or killed), and the root if that
+        leaves it empty; anything else in it (a user's files) stays."""
+        if not self.root.is_dir():
+            return
+        for folder in self.root.iterdir():
+            if folder.is_dir() and FOLDER.fullmatch(folder.name):
+                shutil.rmtree(folder, ignore_errors=True)
+        try:
+            self.root.rmdir()
+        except OSError:
+            pass  # not empty: a user's files
 
     def folder(self, name: str, key: str) -> Path:
         return self.root / f"{name}-{key}"

@@ -18,7 +18,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 from datetime import datetime
@@ -38,6 +37,7 @@ from .files import lock, save_array, write_atomic
 from .launch import sweep_cell
 from .noise_models import NoiseModel, NoisyData
 from .record import RESULTS_FILE, SAME_AS, Record
+from .stages import StageStore
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,7 @@ def _run(cfg: DictConfig, run_dir: Path, key: identity.CellKey, inputs: dict, sw
     noise_model: NoiseModel = instantiate(cfg.noise)
     estimator: QEstimator = instantiate(cfg.q)
     noisy = _checked_noise(noise_model.apply(ds, cfg.data, cfg.level, cfg.seed), cfg.noise)
+    noisy = dataclasses.replace(noisy, pool_size=len(ds.pool))
     noisy = noisy.for_outputs(estimator.outputs(noisy))  # the estimator sizes the net; its data follows
     log.info("%s: %d noisy training images, %.3f of labels noisy", ds.name, len(noisy.train), noisy.actual_noise)
 
@@ -142,7 +143,7 @@ def _run(cfg: DictConfig, run_dir: Path, key: identity.CellKey, inputs: dict, sw
     run_name = f"{ds.name}-{noisy.noise}-{noisy.level:g}-q_{estimator.name}-s{cfg.seed}"
     hparams = {"q": estimator.name, "noise": noisy.noise, **flat(OmegaConf.to_container(cfg, resolve=True))}
     stages = (sweep_dir if sweep_dir is not None else run_dir) / STAGES  # shared by the sweep's cells
-    ours = sweep_dir is None and not stages.exists()  # a single run's own: removed once its record is written
+    ours = sweep_dir is None  # a single run's stages: removed once its record is written
     trainers = Trainers(cfg, ds.shape, noisy.test, noisy.q_true, noisy.num_classes, run_dir, run_name, hparams,
                         stages)  # fmt: skip
     fitted = _checked_fit(estimator.fit(noisy, train, val, trainers), noisy, cfg.q)
@@ -171,8 +172,8 @@ def _run(cfg: DictConfig, run_dir: Path, key: identity.CellKey, inputs: dict, sw
     path = record_file.write(run_dir, record)
     identity.mark(run_dir, key)  # after the record: a twin under another name finds it by this file
     identity.drop_checkpoints(run_dir)  # the record is written: this run's checkpoints go, nothing else
-    if ours:  # a single run's stages served its own resume only (a folder that was there stays)
-        shutil.rmtree(stages, ignore_errors=True)
+    if ours:  # a single run's stages (its own, a killed run's) served its resume only; a user's files stay
+        StageStore(stages).clear()
     log.info("test error %.4f  (results: %s)", record.test_error, path)
     return record
 
@@ -219,6 +220,11 @@ def _checked_fit(fitted, noisy: NoisyData, node: DictConfig) -> Fitted:
         if not np.isfinite(q).all():
             raise Diverged(f"q._target_: '{target}' fit() returned a Q that is not finite")
         noise.check_stochastic(q, len(q), "q._target_", f"the Q that '{target}' returned")
+    try:  # written with the record: a field JSON cannot hold must not fail the run after it wrote nothing
+        json.dumps(record_file.to_jsonable(dict(fitted.fields or {})))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"q._target_: '{target}' fit() returned fields JSON cannot hold ({e}); return numbers, "
+                        "strings, lists, dicts or numpy arrays") from None  # fmt: skip
     clash = sorted(set(fitted.fields or {}) & RECORD_FIELDS)
     if clash:
         raise UserError(f"q._target_: '{target}' fit() returned fields {clash}, which are the record's own; name "
