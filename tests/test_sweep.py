@@ -534,3 +534,24 @@ def test_the_plain_net_is_trained_once_for_none_early_stopped_anchor_and_dualt(t
         records["anchor"]["plain_test_error"] == records["dualt"]["plain_test_error"] == records["none"]["test_error"]
     )
     assert len(list((tmp_path / "stages").glob("plain-*/stage.pt"))) == 1
+
+
+def test_the_report_leaves_out_records_of_another_shape_and_says_where_it_cannot_write(tmp_path, capsys):
+    """A results.json whose config is a string or whose q is not a name is left out with a warning (not a
+    traceback); an --out under a file is one line, exit 2, nothing written."""
+    good = _fake_record("none", 0.5, 1000, 0, 0.2)
+    for name, rec in {
+        "good": good,
+        "string_config": {**good, "config": "seed=0"},
+        "q_list": {**good, "q": ["none"]},
+    }.items():
+        (tmp_path / "sweep" / name).mkdir(parents=True)
+        (tmp_path / "sweep" / name / RESULTS_FILE).write_text(json.dumps(rec))
+    assert report.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "string_config/results.json: not a run's record (config of another type)" in err
+    assert "q_list/results.json: not a run's record (q of another type)" in err
+    assert len(pd.read_csv(tmp_path / "out" / "results.csv")) == 1
+    (tmp_path / "a_file").write_text("")
+    assert report.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "a_file" / "out")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --out: cannot write in '{tmp_path / 'a_file' / 'out'}'")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,8 @@ def method(row: pd.Series) -> str:
 
 
 NEEDED = {"q", "test_error", "dataset", "seed", "level", "matrix", "noise"}  # what the tables read of a record
+SHAPES = {"q": str, "dataset": str, "noise": str, "seed": int, "level": (int, float), "matrix": (str, type(None)),
+          "test_error": (int, float, type(None)), "config": dict}  # fmt: skip
 DEFAULTS = schema_defaults()  # a key at its default is the same cell whether a record has it or not
 RUNS_FILE = "runs.jsonl"  # the report's compact copy of every record, beside the figures: redrawn from it
 
@@ -75,6 +78,10 @@ def load_sweep(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
             problems.append(f"left out {path}: not a run's record{f' (no {missing})' if missing else ''}")
             continue
         cfg = r.pop("config", {}) or {}
+        odd = [k for k, kinds in SHAPES.items() if not isinstance(r[k] if k != "config" else cfg, kinds)]
+        if odd:  # a record of another shape (a string config, a q that is not a name): not this project's
+            problems.append(f"left out {path}: not a run's record ({', '.join(odd)} of another type)")
+            continue
         if not isinstance(r["test_error"], (int, float)) or not np.isfinite(r["test_error"]):
             problems.append(f"left out, test error {r['test_error']} (a diverged run): {path}")
             continue
@@ -376,15 +383,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.sweep_dir.is_dir():
         print(f"error: sweep_dir: '{args.sweep_dir}' is not a directory", file=sys.stderr)
         return 2
+    out = args.out or args.sweep_dir
+    key = "--out" if args.out else "sweep_dir (the report's default place: give --out)"
+    why = _unwritable(out)
+    if why:  # before any work: nothing is read or written
+        print(f"error: {key}: cannot write in '{out}' ({why}); give a folder that can be created and written "
+              "(--out DIR)", file=sys.stderr)  # fmt: skip
+        return 2
     df, problems = load_sweep(args.sweep_dir)
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)
     if df.empty:
         print(f"error: sweep_dir: no {RESULTS_FILE} under '{args.sweep_dir}'", file=sys.stderr)
-        return 2
-    out = args.out or args.sweep_dir
-    if out.exists() and not out.is_dir():
-        print(f"error: --out: '{out}' is a file; give a directory", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
     shared_only = set(df["protocol"]) == {"shared"}  # a column only where some run has a protocol of its own
@@ -413,6 +423,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.wandb:
         log_to_wandb(paths, args.sweep_dir, t)
     return 0
+
+
+def _unwritable(out: Path) -> str | None:
+    """Why the report could not write its files in ``out`` (made if missing), or None: a file there or above
+    it, or a folder it may not write in (tried with a temporary file in the nearest existing one)."""
+    if out.exists() and not out.is_dir():
+        return "a file is there"
+    nearest = next(p for p in (out, *out.parents) if p.exists())
+    if not nearest.is_dir():
+        return f"'{nearest}' is a file"
+    try:
+        tempfile.TemporaryFile(dir=nearest).close()
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
 
 
 def cli() -> None:
