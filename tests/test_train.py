@@ -290,3 +290,17 @@ def test_a_training_killed_at_epoch_5_resumes_there_and_ends_as_an_uninterrupted
         assert go("run", tmp_path / "fresh", "seed=1").returncode == 0
         c, d = (json.loads((tmp_path / x / "results.json").read_text()) for x in ("cut2", "fresh"))
         assert (c["test_error"], c["Q"]) == (d["test_error"], d["Q"])
+
+
+def test_a_run_prints_no_library_chatter_unless_verbose(tmp_path):
+    """No advertising tips, accelerator banners or the libraries' deprecation notices in a default run; the
+    project's own lines stay; verbose=true brings the libraries' lines back."""
+    args = ["data=digits", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
+    p = run_cli(*args, f"hydra.run.dir={tmp_path / 'quiet'}")
+    out = p.stdout + p.stderr
+    assert p.returncode == 0 and "test error" in out and "noisy training images" in out, out
+    chatter = [line for line in out.splitlines() if any(w in line for w in ("Tip:", "available:", "deprecated",
+                                                                             "Warning", "warn("))]  # fmt: skip
+    assert chatter == [], chatter
+    loud = run_cli(*args, "verbose=true", f"hydra.run.dir={tmp_path / 'loud'}")
+    assert "GPU available:" in loud.stdout + loud.stderr

@@ -96,6 +96,7 @@ class TrainConf:
     threads: int | None = None  # torch CPU threads for this run; None = torch's default (all cores)
     gpu_fraction: float | None = None  # share of the GPU's memory this run may take; None = all of it
     save_model: bool = False  # keep the tested base net's weights as model.pt in the run directory
+    verbose: bool = False  # true: the libraries' banners, tips and deprecation notices too (loggers.quiet)
     data: DataConf = field(default_factory=DataConf)
     protocol: ProtocolConf = field(default_factory=ProtocolConf)
     noise: Any = None  # a NoiseModel (conf/noise/*.yaml)

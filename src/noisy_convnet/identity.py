@@ -33,7 +33,16 @@ from .record import RESULTS_FILE, Record, read, to_jsonable
 
 # Config keys that say where and how a run is watched, not what it computes: a finished cell is reused
 # whatever they are (a rerun may log elsewhere, or run with another launcher).
-VOLATILE = ("run_dir", "logger", "threads", "gpu_fraction", "sweep", "trainer.enable_progress_bar", "data.download")
+VOLATILE = (
+    "run_dir",
+    "logger",
+    "threads",
+    "gpu_fraction",
+    "sweep",
+    "trainer.enable_progress_bar",
+    "data.download",
+    "verbose",
+)
 # Overrides that choose a preset or where and how Hydra launches: never part of a cell's folder name.
 HYDRA_ONLY = ("experiment", "hydra.sweep.dir", "hydra.run.dir", "hydra/launcher", "hydra.launcher.n_jobs")
 # Keys added to a group's YAML after cells ran, at the value that computes what those cells computed: left out

@@ -1,5 +1,5 @@
-"""The loggers of conf/logger (CSV, TensorBoard, W&B) for each training of a run, and W&B's mode: online
-only with a key and a reachable server, offline otherwise."""
+"""The loggers of conf/logger (CSV, TensorBoard, W&B) for each training of a run, W&B's mode (online only
+with a key and a reachable server, offline otherwise), and what the libraries may print (``quiet``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,24 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+
+# The libraries' lines a run does not print unless verbose=true: Lightning's banners and tips (its rank_zero
+# info: "GPU available", "TPU available", the litlogger advertisement, "Loading `train_dataloader`", "`Trainer.fit`
+# stopped"), and the deprecation notices of the pinned libraries about each other (not the project's to fix).
+CHATTY = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
+          "lightning_fabric.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")  # fmt: skip
+LIBRARY_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+
+
+def quiet(verbose: bool) -> None:
+    """Silence the libraries' chatter (verbose=false, the default); verbose=true lets it through again. The
+    project's own lines (what a run did, where it wrote, the progress bars) are not touched."""
+    import warnings
+
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    for message in LIBRARY_WARNINGS:
+        warnings.filterwarnings("default" if verbose else "ignore", message=message)
 
 
 def wandb_online() -> bool:

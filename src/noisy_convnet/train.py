@@ -35,6 +35,7 @@ from .estimators import Fitted, QEstimator
 from .factory import Trainers, Training
 from .files import lock, save_array, write_atomic
 from .launch import sweep_cell
+from .loggers import quiet
 from .noise_models import NoiseModel, NoisyData
 from .record import RESULTS_FILE, SAME_AS, Record
 from .stages import StageStore
@@ -61,6 +62,7 @@ WRITTEN = {identity.CHECKPOINTS: True, STAGES: True, RESULTS_FILE: False, LABELS
 def run(cfg: DictConfig) -> Record:
     t_start = time.perf_counter()
     cfg = config.validate(cfg)
+    quiet(cfg.verbose)
     if cfg.run_dir is None:
         cfg.run_dir = default_run_dir()
     run_dir = Path(cfg.run_dir)
