@@ -1,5 +1,8 @@
 """Every config option composes and validates; every bad input ends with one clean line."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -223,3 +226,17 @@ def test_what_needs_the_data_is_checked_before_training(make_cfg, tmp_path, over
     with pytest.raises(UserError, match=f"^{key}: "):
         run(make_cfg(*overrides))
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+@pytest.mark.parametrize("args", [["level=1.5"], ["data=imagenet9"], ["q=nope"], ["seed=-1"], ["data.root="]])
+def test_a_mistake_is_answered_before_torch_and_lightning_are_imported(tmp_path, args):
+    """What makes it quick (README: under a second where a run's imports take ten): exit 2 with torch,
+    Lightning, W&B, matplotlib and pandas never imported."""
+    code = ("import sys\nfrom noisy_convnet.cli import entry\nsys.argv = ['train.py', *sys.argv[1:]]\n"
+            "try:\n    entry()\nexcept SystemExit as e:\n"
+            "    heavy = [m for m in ('torch', 'pytorch_lightning', 'wandb', 'matplotlib', 'pandas')"
+            " if m in sys.modules]\n"
+            "    print('exit', e.code, 'heavy', heavy)\n")  # fmt: skip
+    p = subprocess.run([sys.executable, "-c", code, *args, f"hydra.run.dir={tmp_path}"], capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert p.stdout.strip().splitlines()[-1] == "exit 2 heavy []", p.stdout + p.stderr

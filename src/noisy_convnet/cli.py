@@ -15,10 +15,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .config import user_error
+from .config import check_values, user_error
 from .errors import Diverged, UserError
 from .launch import STATUS, SWEEP_PID, cell_failed, share_machine, stop_with_sweep, sweep_cell
-from .train import run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -27,6 +26,9 @@ def main(cfg: DictConfig) -> float:
     share_machine(cfg, hc.launcher, os.cpu_count() or 1)
     stop_with_sweep(hc.launcher)
     try:
+        check_values(cfg)  # before torch and Lightning are imported: a mistake answered at Hydra's speed
+        from .train import run
+
         record = run(cfg)
     except UserError as e:
         if sweep_cell() is not None:  # one bad cell: say which, write nothing, let the others run

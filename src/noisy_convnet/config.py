@@ -31,7 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from . import datasets, identity  # noqa: F401  (identity registers the cell_dir resolvers)
+from . import identity  # noqa: F401  (identity registers the cell_dir resolvers)
 from .errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package
@@ -362,8 +362,10 @@ def _paths(cfg: DictConfig) -> None:
             OmegaConf.update(cfg, key, user_path(value, key), merge=False)
 
 
-def validate(cfg: DictConfig) -> DictConfig:
-    """Check every user-facing value; return the typed config. Raises UserError on the first bad one."""
+def check_values(cfg: DictConfig) -> DictConfig:
+    """The checks that need no heavy library (torch, Lightning): missing keys, types, paths and the values of
+    CHECKS. The command line runs them before it imports the training, so such a mistake is answered at
+    Hydra's own speed; ``validate`` runs them first too. Returns the typed config."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise UserError(f"{missing[0]}: required, give it on the command line ({missing[0]}=...)")
@@ -371,6 +373,14 @@ def validate(cfg: DictConfig) -> DictConfig:
     _paths(cfg)
     for key, ok, allowed in CHECKS:
         _check(cfg, key, ok, allowed)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check every user-facing value; return the typed config. Raises UserError on the first bad one."""
+    from . import datasets
+
+    cfg = check_values(cfg)
     _check_trainer(cfg)
     for role in ("plain", "reweight", "revision"):
         _check_stage(cfg, role)
