@@ -555,3 +555,29 @@ def test_the_report_leaves_out_records_of_another_shape_and_says_where_it_cannot
     (tmp_path / "a_file").write_text("")
     assert report.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "a_file" / "out")]) == 2
     assert capsys.readouterr().err.startswith(f"error: --out: cannot write in '{tmp_path / 'a_file' / 'out'}'")
+
+
+def test_the_report_tables_the_test_error_of_each_stage_an_estimator_records(tmp_path):
+    """T-Revision records its plain net's and its reweighting's test errors: stages.md puts them beside the
+    tested net's, mean +- sd over seeds, per setting and estimator; a sweep without them has no stages.md."""
+    for seed, (plain, weighted, tested) in enumerate([(0.40, 0.30, 0.20), (0.50, 0.20, 0.10)]):
+        rec = _fake_record("trevision", 0.5, 1000, seed, tested, plain_test_error=plain,
+                           reweighted_test_error=weighted)  # fmt: skip
+        (tmp_path / "sweep" / f"s{seed}").mkdir(parents=True)
+        (tmp_path / "sweep" / f"s{seed}" / RESULTS_FILE).write_text(json.dumps(rec))
+    assert report.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
+    rows = (tmp_path / "out" / "stages.md").read_text().splitlines()
+    assert rows[0].split("|")[1:-1] == [
+        " setting    ",
+        " estimator   ",
+        " plain       ",
+        " reweighted   ",
+        " tested      ",
+    ]
+    assert [c.strip() for c in rows[2].split("|")[1:-1]] == ["random 0.5", "trevision", "45.0 +- 7.1", "25.0 +- 7.1",
+                                                             "15.0 +- 7.1"]  # fmt: skip
+    none = _fake_record("none", 0.5, 1000, 0, 0.3)
+    (tmp_path / "plain" / "a").mkdir(parents=True)
+    (tmp_path / "plain" / "a" / RESULTS_FILE).write_text(json.dumps(none))
+    assert report.main([str(tmp_path / "plain"), "--out", str(tmp_path / "out2")]) == 0
+    assert not (tmp_path / "out2" / "stages.md").exists()

@@ -107,6 +107,26 @@ def wide_paired(df: pd.DataFrame, reference: str) -> pd.DataFrame:
     )
 
 
+def stages(df: pd.DataFrame) -> pd.DataFrame:
+    """Per noise setting and estimator, the clean test error (%, mean +- sd over seeds) of each stage an
+    estimator records (``<stage>_test_error``: T-Revision's plain net, its reweighting; the plain net of the
+    anchor family) beside the tested one's; empty when no run records a stage."""
+    cols = [c for c in df.columns if c.endswith("_test_error") and pd.api.types.is_numeric_dtype(df[c])]
+    d = df.assign(setting=_setting(df))
+    d = d[d[cols].notna().any(axis=1)] if cols else d.iloc[:0]
+    if d.empty:
+        return pd.DataFrame()
+    out = []
+    for (setting, curve), g in d.groupby(["setting", "curve"]):
+        row = {"setting": setting, "estimator": g["method"].iloc[0]}
+        for c in [*cols, "test_error"]:
+            v = 100 * g[c].dropna()
+            name = "tested" if c == "test_error" else c.removesuffix("_test_error")
+            row[name] = "" if v.empty else f"{v.mean():.1f}" + (f" +- {v.std():.1f}" if len(v) > 1 else "")
+        out.append((setting, _rows(d["curve"]).index(curve), row))
+    return pd.DataFrame([r for *_, r in sorted(out, key=lambda t: t[:2])])
+
+
 def estimators_figure(df: pd.DataFrame):
     import matplotlib.pyplot as plt
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from . import peers, plots
-from .comparison import comparison, estimator_q_heatmaps, estimators_figure, paired, wide, wide_paired
+from .comparison import comparison, estimator_q_heatmaps, estimators_figure, paired, stages, wide, wide_paired
 from .config import schema_defaults
 from .errors import UserError
 from .files import user_path, write_atomic
@@ -408,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     write_atomic(out / RUNS_FILE, "".join(json.dumps(r) + "\n" for r in runs))
     paths = figures(df, out)
+    by_stage = stages(df)
+    if len(by_stage):  # estimators that record their stages' test errors (T-Revision's reweighting, ...)
+        write_atomic(out / "stages.md", by_stage.to_markdown(index=False, disable_numparse=True) + "\n")
     if df["method"].nunique() > 4:
         flip = df[df["outlier_ratio"].isna()] if "outlier_ratio" in df else df
         if flip["protocol"].nunique() > 1:
