@@ -581,3 +581,15 @@ def test_the_report_tables_the_test_error_of_each_stage_an_estimator_records(tmp
     (tmp_path / "plain" / "a" / RESULTS_FILE).write_text(json.dumps(none))
     assert report.main([str(tmp_path / "plain"), "--out", str(tmp_path / "out2")]) == 0
     assert not (tmp_path / "out2" / "stages.md").exists()
+
+
+def test_fig_2c_shows_the_learned_q_by_name_whichever_estimator_comes_first(tmp_path):
+    """A sweep of several estimators whose Q is estimated (anchor points before the learned Q in the
+    records' order): Fig. 2c draws the learned Q's, its own figure in the paper."""
+    for q in ("anchor", "learned"):
+        (tmp_path / q).mkdir()
+        rec = _fake_record(q, 0.5, 1000, 0, 0.2, q_estimated=True)
+        (tmp_path / q / RESULTS_FILE).write_text(json.dumps(rec))
+    df, _ = report.load_sweep(tmp_path)
+    assert set(report._estimated(df)["q"]) == {"learned"}
+    assert set(report._estimated(df[df["q"] == "anchor"])["q"]) == {"anchor"}  # without it, the one there is

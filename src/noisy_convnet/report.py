@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from . import peers, plots
+from .comparison import _rows as comparison_rows
 from .comparison import comparison, estimator_q_heatmaps, estimators_figure, paired, stages, wide, wide_paired
 from .config import schema_defaults
 from .errors import UserError
@@ -222,14 +223,19 @@ def _fig2c(df: pd.DataFrame):
             if col == 0:
                 ax.set_ylabel("noisy label j", fontsize=8)
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="q_ji = p(noisy j | true i)")
-    _title(fig, "Fig. 2c: true noise matrix Q* (top) and Q learned from the noisy data (bottom)")
+    who = "learned" if (learned["curve"] == "learned").all() else f"estimated by {learned['method'].iloc[0]}"
+    _title(fig, f"Fig. 2c: true noise matrix Q* (top) and Q {who} from the noisy data (bottom)")
     return fig
 
 
 def _estimated(df: pd.DataFrame) -> pd.DataFrame:
-    """The runs whose Q was estimated from the data, of the first such estimator (the learned Q)."""
+    """The runs whose Q was estimated from the data, of one estimator: the paper's learned Q when the sweep has
+    it (Fig. 2c is its figure), else the first estimated one in the tables' order."""
     est = df[df["q_estimated"].fillna(False).astype(bool)] if "q_estimated" in df else df.iloc[:0]
-    return est[est["q"] == est["q"].iloc[0]] if len(est) else est
+    if not len(est):
+        return est
+    first = comparison_rows(est["curve"])[0]
+    return est[est["curve"] == ("learned" if (est["curve"] == "learned").any() else first)]
 
 
 def _fig3(df: pd.DataFrame):
