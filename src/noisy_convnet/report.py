@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     by_stage = stages(df)
     if len(by_stage):  # estimators that record their stages' test errors (T-Revision's reweighting, ...)
         write_atomic(out / "stages.md", by_stage.to_markdown(index=False, disable_numparse=True) + "\n")
-    if df["method"].nunique() > 4:
+    if df["method"].nunique() > 4 or not shared_only:  # several estimators, or a peer's protocol (make peers-mnist)
         flip = df[df["outlier_ratio"].isna()] if "outlier_ratio" in df else df
         if flip["protocol"].nunique() > 1:
             parts = [wide(flip), peers.versus_shared(flip), peers.orderings(flip), comparison(flip)]

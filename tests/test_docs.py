@@ -1,0 +1,46 @@
+"""The numbers the README copies from generated reports: every table marked
+``<!-- table N of PATH (tests/test_docs.py checks it) -->`` holds, row by row, the cells of the N-th table
+of that committed report (labels and bold aside), so a hand-copied number that drifts fails the suite."""
+
+import re
+
+import pytest
+
+from .conftest import ROOT
+
+MARK = re.compile(r"<!-- table (\d+) of (\S+) \(tests/test_docs.py checks it\) -->\n((?:\|.*\|\n)+)")
+
+
+def _tables(markdown: str) -> list[list[list[str]]]:
+    """Every markdown table of a text: its body rows as lists of stripped cells (header and rule left out)."""
+    blocks = re.findall(r"((?:^\|.*\|\n)+)", markdown, flags=re.M)
+    return [[_cells(line) for line in block.splitlines()[2:]] for block in blocks]
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip().replace("**", "") for c in line.strip().strip("|").split("|")]
+
+
+def _marked(doc: str):
+    return MARK.findall((ROOT / doc).read_text())
+
+
+@pytest.mark.parametrize("doc", ["README.md"])
+def test_every_marked_table_holds_its_reports_numbers(doc):
+    marked = _marked(doc)
+    assert len(marked) >= 3  # the estimators' two tables and the peers' table at least
+    for number, source, block in marked:
+        table = _tables((ROOT / source).read_text())[int(number) - 1]
+        rows = [_cells(line) for line in block.splitlines()[2:]]
+        assert len(rows) == len(table), (source, number)
+        for row, expected in zip(rows, table, strict=True):
+            assert row[1:] == expected[1:], f"{doc}: a row of table {number} of {source}: {row} != {expected}"
+
+
+def test_a_drifted_number_is_found(tmp_path):
+    """The check itself can fail: one number changed in a copy of a marked table."""
+    number, source, block = _marked("README.md")[0]
+    drifted = block.replace(block.splitlines()[2].split("|")[2], " 99.9 ", 1)
+    rows = [_cells(line) for line in drifted.splitlines()[2:]]
+    table = _tables((ROOT / source).read_text())[int(number) - 1]
+    assert any(r[1:] != t[1:] for r, t in zip(rows, table, strict=True))
