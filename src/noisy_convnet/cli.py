@@ -42,7 +42,8 @@ def main(cfg: DictConfig) -> float:
             cell_failed(hc, "diverged", str(e))
             return float("nan")
         _exit(e, 1)
-    print(f"test error {record.test_error:.4f}  results: {record.config['run_dir']}/results.json")
+    where = cfg.get("run_dir") or hc.runtime.output_dir  # this cell's folder (a skipped cell's record names its own)
+    print(f"test error {record.test_error:.4f}  results: {where}/results.json")
     return record.test_error
 
 
