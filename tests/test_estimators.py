@@ -162,7 +162,9 @@ def test_the_example_estimator_runs_through_make(tmp_path):
     r = json.loads((tmp_path / "run" / "results.json").read_text())
     assert (r["q"], r["trainings"], r["config"]["q"]) == ("confusion", 2, {
         "_target_": "examples.my_estimator.ConfusionQ", "smoothing": 0.5})  # fmt: skip
-    assert 0 <= r["q_error"] < 2 and np.allclose(np.array(r["Q"]).sum(0), 1, atol=1e-5)
+    q_hat = np.array(r["Q"])  # counts + 0.5 each, columns normalised: a stochastic Q with no zero entry
+    assert np.allclose(q_hat.sum(0), 1, atol=1e-5) and q_hat.min() > 0
+    assert r["q_error"] == pytest.approx(noise.q_error(q_hat, np.array(r["Q_true"])), abs=1e-6)
     bad = subprocess.run(["make", "-s", "example-estimator", f"ARGS={args} +q.smoothing=-1"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert "error: q.smoothing: -1" in bad.stderr and "Traceback" not in bad.stderr

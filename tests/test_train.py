@@ -28,7 +28,7 @@ def test_cli_run_writes_results_with_every_field(tmp_path):
     r = json.loads((run_dir / "results.json").read_text())
     assert FIELDS <= r.keys()
     assert (r["dataset"], r["num_classes"], r["q"], r["level"], r["epochs"]) == ("digits", 10, "learned", 0.5, 2)
-    assert 0.0 <= r["test_error"] <= 1.0
+    assert r["test_error"] < 0.6  # 2 epochs on the digits at 0.5 noise learn (chance: 0.9)
     q, q_true, conf = (np.array(r[k]) for k in ("Q", "Q_true", "confusion"))
     assert q.shape == q_true.shape == conf.shape == (10, 10)
     np.testing.assert_allclose(q.sum(0), 1.0, atol=1e-4)
