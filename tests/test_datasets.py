@@ -375,3 +375,30 @@ def test_unverified_files_are_inputs_of_the_cell_and_never_an_old_cache(tmp_path
     os.utime(labels, ns=(1, 1))  # another file, whatever the clock says
     assert identity.input_hashes(cfg) != before and identity.input_hashes({**cfg, "data": {**cfg["data"],
            "verify": True}}) == {}  # verified files: the md5s say what they hold  # fmt: skip
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_broken_training_image_is_one_line_naming_it(make_cfg, tmp_path, workers):
+    """A file with an image's name that is not an image, and a symlink that loops, are found before any
+    training (their headers); a JPEG cut short after a sound header is found when decoded, in the first
+    epoch: one line naming it, whether the DataLoader reads in this process or in a worker."""
+    from PIL import Image
+
+    write_image_folder(tmp_path / "imgs")
+    cat = tmp_path / "imgs" / "train" / "cat"
+    (cat / "notes.jpg").write_text("not an image")
+    with pytest.raises(UserError, match=r"^data.root: 1 of the training images under .*/train cannot be read, e.g. "
+                       r".*notes.jpg"):  # fmt: skip
+        datasets.load("imagefolder", str(tmp_path / "imgs"), image_size=32)
+    (cat / "notes.jpg").unlink()
+    os.symlink(cat / "loop.png", cat / "loop.png")
+    with pytest.raises(UserError, match=r"^data.root: .*loop.png"):
+        datasets.load("imagefolder", str(tmp_path / "imgs"), image_size=32)
+    (cat / "loop.png").unlink()
+    jpeg = cat / "cut.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(jpeg, quality=95)
+    jpeg.write_bytes(jpeg.read_bytes()[:700])  # the header is sound: it opens, and fails when decoded
+    folder = ["data=imagefolder", f"data.root={tmp_path / 'imgs'}", "data.image_size=32", f"data.num_workers={workers}"]
+    with pytest.raises(UserError, match=r"^data.root: '.*cut.jpg' cannot be decoded as an image") as caught:
+        run(make_cfg(*folder, "data.batch_size=8", "model=convnet_cifar", "level=0.3"))
+    assert "\n" not in str(caught.value)

@@ -198,12 +198,13 @@ def _imagefolder(root: str, image_size: int) -> Dataset:
     tf = transforms.Compose([transforms.Resize(image_size * 8 // 7), transforms.CenterCrop(image_size),
                              transforms.PILToTensor()])  # fmt: skip
     try:
-        parts = [ImageFolder(str(Path(root) / part), transform=tf) for part in ("train", "val")]
-    except (FileNotFoundError, RuntimeError) as e:
+        parts = [ImageFolder(str(Path(root) / part), transform=tf, loader=read_image) for part in ("train", "val")]
+    except (OSError, RuntimeError) as e:  # a missing class folder, a symlink that loops (ELOOP), ...
         raise UserError(f"data.root: cannot read the image folder '{root}' ({e})") from None
     if parts[0].classes != parts[1].classes:
         raise UserError(f"data.root: {root}/train and {root}/val have different class folders")
-    _check_images(parts[1].samples, f"{root}/val")
+    _check_images(parts[0].samples, f"{root}/train", what="training images")  # before any training: a file
+    _check_images(parts[1].samples, f"{root}/val")  # that is not an image (its header) is one line
     splits = [Split(torch.arange(len(p)), torch.as_tensor(p.targets, dtype=torch.long), p) for p in parts]
     return Dataset("imagefolder", splits[0], splits[1], len(parts[0].classes), (3, image_size, image_size))
 
@@ -226,6 +227,19 @@ def _check_images(
     if bad:
         raise UserError(f"{key}: {len(bad)} of the {what} under {where} cannot be read, e.g. {bad[0]}; "
                         "replace or remove them")  # fmt: skip
+
+
+def read_image(path: str):
+    """torchvision's loader (RGB), or one line naming a file that cannot be decoded (an image cut short after a
+    sound header, which the header check lets through), raised where the image is read: in a DataLoader
+    worker, the training's exception carries it (errors.from_worker)."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except Exception as e:  # noqa: BLE001 -- PIL raises many kinds for a broken file
+        raise UserError(f"data.root: '{path}' cannot be decoded as an image ({type(e).__name__}: {str(e)[:80]}); "
+                        "replace or remove it") from None  # fmt: skip
 
 
 EMBEDDED = {"mnist5k": _mnist5k, "digits": _digits}

@@ -13,3 +13,14 @@ class UserError(ValueError):
 class Diverged(RuntimeError):
     """A training whose loss or Q turned NaN or infinite: the run fails (exit 1, no results.json) instead of
     recording numbers that mean nothing."""
+
+
+def from_worker(e: Exception) -> Exception:
+    """A UserError raised in a DataLoader worker reaches the training as a UserError whose message is the
+    worker's traceback ("Caught UserError in DataLoader worker process 0. Original Traceback ..."): the
+    original one-line error again; any other exception as it is."""
+    text = str(e)
+    if isinstance(e, UserError) and "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        return UserError(last.split("UserError: ", 1)[-1])
+    return e

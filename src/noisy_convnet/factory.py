@@ -48,7 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 from .data import FolderDataModule, TensorDataModule
 from .datasets import Split
 from .devices import channels_last, training_device
-from .errors import Diverged, UserError
+from .errors import Diverged, UserError, from_worker
 from .files import write_atomic
 from .identity import cell_config
 from .layers import NoiseLayer
@@ -287,7 +287,10 @@ class Trainers:
         if last.is_file():
             log.info("training %d resumes from %s", self.count, last)
         t_fit = time.perf_counter()
-        trainer.fit(module, dm, ckpt_path=str(last) if last.is_file() else None)
+        try:
+            trainer.fit(module, dm, ckpt_path=str(last) if last.is_file() else None)
+        except UserError as e:  # an image that cannot be decoded, found by a DataLoader worker
+            raise from_worker(e) from None
         fit_s = time.perf_counter() - t_fit
         epochs = trainer.current_epoch
         try:
