@@ -86,7 +86,7 @@ PEERS ?= patrini volmin dualt trevision shared
 PEER_SETTINGS := uniform:0.2 uniform:0.5 pair:0.45
 SEEDS ?= 0,1,2
 PEER_RUN = $(PY) train.py -m seed=$(SEEDS) $(QUIET) $(LAUNCHER) $(if $(DATA_ROOT),data.root=$(DATA_ROOT))
-peers-mnist: $(STAMP) ## each peer's own MNIST protocol beside the shared one, in resumable parts (PEERS=, SEEDS=; about 20 h in all on 2 CPU cores: README), report in $(FIGURES)/peers_mnist
+peers-mnist: $(STAMP) ## each peer's own MNIST protocol beside the shared one, in resumable parts (PEERS=, SEEDS=; about 20 h in all on 2 CPU cores: docs/results.md), report in $(FIGURES)/peers_mnist
 	$(FETCH) mnist
 	for p in $(PEERS); do for s in $(PEER_SETTINGS); do \
 	  set -- $$(echo $$s | tr : ' '); at="experiment=protocol_$$p noise.matrix=$$1 level=$$2"; \

@@ -8,7 +8,7 @@ Q* / Q heatmap and the resolved config in the run directory.
 Works on a config from Hydra's command line or from ``config.compose([...])`` in Python.
 
 Expected result with the defaults (mnist5k, random Q* at level 0.5, 4,000 images, learned Q, 20 epochs):
-about 6% clean test error in under a minute on 2 CPU cores; the README has the measured figures.
+about 6% clean test error in under a minute on 2 CPU cores; docs/results.md has the measured figures.
 """
 
 from __future__ import annotations
