@@ -231,7 +231,8 @@ def test_every_logger_gets_the_config_and_the_learning_rate(make_cfg, tmp_path, 
 
 
 KILL_AT_EPOCH_5 = """
-import os, signal, sys
+import logging, os, signal, sys
+logging.basicConfig(level=logging.INFO)  # the project's own lines ("training 1 resumes from ...last.ckpt")
 import pytorch_lightning as pl
 from noisy_convnet import factory
 from noisy_convnet.config import compose
@@ -279,7 +280,7 @@ def test_a_training_killed_at_epoch_5_resumes_there_and_ends_as_an_uninterrupted
     (last,) = [p for p in (tmp_path / "cut").rglob("last.ckpt") if victim in str(p.relative_to(tmp_path))]
     resumed = go("run", tmp_path / "cut")
     assert resumed.returncode == 0, resumed.stderr
-    assert str(last) in resumed.stderr  # restored from there
+    assert f"resumes from {last}" in resumed.stderr  # restored from there (the project's own line)
     assert not list((tmp_path / "cut").rglob("*.ckpt"))  # a finished run keeps no checkpoint
     a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "cut"))
     keys = ("test_error", "q_error", "Q", "epochs", "val_nll", "selection")
