@@ -53,29 +53,31 @@ FIGURES ?= outputs/figures
 figures-cpu: $(STAMP) ## run the CPU-scale presets (cells in parallel; finished cells are skipped) and draw $(FIGURES)/
 	for p in $(CPU_PRESETS); do $(PY) train.py experiment=$$p sweep=$${p}$(SWEEP_SUFFIX) $(QUIET) $(LAUNCHER) $(FIGURE_ARGS) || exit 1; done
 	for p in $(EARLY_STOPPED); do $(PY) train.py experiment=$$p sweep=$${p}$(SWEEP_SUFFIX) q=none early_stopping=true $(QUIET) $(LAUNCHER) $(FIGURE_ARGS) || exit 1; done
-	for p in $(CPU_PRESETS); do $(PY) -m noisy_convnet.report outputs/multirun/$${p}$(SWEEP_SUFFIX) --out $(FIGURES)/$$p || exit 1; done
+	for p in $(CPU_PRESETS); do $(PY) -m noisy_convnet.report outputs/multirun/$${p}$(SWEEP_SUFFIX) --out "$(FIGURES)/$$p" || exit 1; done
 
 DATA_ROOT ?=
-FETCH := $(PY) -m noisy_convnet.fetch $(if $(DATA_ROOT),--root $(DATA_ROOT))
+# Quoted: a folder with spaces in its name is one argument
+ROOT_ARG = $(if $(DATA_ROOT),"data.root=$(DATA_ROOT)")
+FETCH := $(PY) -m noisy_convnet.fetch $(if $(DATA_ROOT),--root "$(DATA_ROOT)")
 data: $(STAMP) ## fetch and md5-verify MNIST, Fashion-MNIST and CIFAR-N's labels into data.root (DATA_ROOT=..., default ~/.cache/noisy-convnet)
 	$(FETCH) mnist fashion_mnist cifar10n cifar100n
 
 figures-real: $(STAMP) ## Fig. 3 on full-size Fashion-MNIST (27 cells in parallel, resumable; about 76 min on 2 CPU cores), drawn in $(FIGURES)/fig3_fashion
 	$(FETCH) fashion_mnist
-	$(PY) train.py experiment=fig3_fashion $(QUIET) $(LAUNCHER) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) $(FIGURE_ARGS)
-	$(PY) -m noisy_convnet.report outputs/multirun/fig3_fashion --out $(FIGURES)/fig3_fashion
+	$(PY) train.py experiment=fig3_fashion $(QUIET) $(LAUNCHER) $(ROOT_ARG) $(FIGURE_ARGS)
+	$(PY) -m noisy_convnet.report outputs/multirun/fig3_fashion --out "$(FIGURES)/fig3_fashion"
 
 estimators-mnist: $(STAMP) ## every Q estimator on full MNIST at pair 0.45 (seed 0, resumable; about 83 min on 2 CPU cores), report in $(FIGURES)/estimators_mnist
 	$(FETCH) mnist
-	$(PY) train.py experiment=estimators_mnist $(QUIET) $(LAUNCHER) $(if $(DATA_ROOT),data.root=$(DATA_ROOT))
-	$(PY) train.py experiment=estimators_mnist q=none early_stopping=true $(QUIET) $(LAUNCHER) $(if $(DATA_ROOT),data.root=$(DATA_ROOT))
-	$(PY) -m noisy_convnet.report outputs/multirun/estimators_mnist --out $(FIGURES)/estimators_mnist
+	$(PY) train.py experiment=estimators_mnist $(QUIET) $(LAUNCHER) $(ROOT_ARG)
+	$(PY) train.py experiment=estimators_mnist q=none early_stopping=true $(QUIET) $(LAUNCHER) $(ROOT_ARG)
+	$(PY) -m noisy_convnet.report outputs/multirun/estimators_mnist --out "$(FIGURES)/estimators_mnist"
 
 ESTIMATOR_PRESETS := estimators_uniform estimators_pair estimators_random estimators_instance
 estimators-cpu: $(STAMP) ## every Q estimator x 5 noise settings x 3 seeds on MNIST-5k (cells in parallel), report in $(FIGURES)/estimators_cpu
 	for p in $(ESTIMATOR_PRESETS); do $(PY) train.py experiment=$$p $(QUIET) $(LAUNCHER) || exit 1; done
 	for p in $(ESTIMATOR_PRESETS); do $(PY) train.py experiment=$$p q=none early_stopping=true $(QUIET) $(LAUNCHER) || exit 1; done
-	$(PY) -m noisy_convnet.report outputs/multirun/estimators_cpu --out $(FIGURES)/estimators_cpu
+	$(PY) -m noisy_convnet.report outputs/multirun/estimators_cpu --out "$(FIGURES)/estimators_cpu"
 
 # The peers' own protocols on full MNIST beside the shared one (issue 28; docs/method.md, "The peers' protocols"):
 # each part (PEERS=) is one protocol's sweep at the three settings below, resumable; SEEDS= chooses the seeds.
@@ -85,7 +87,7 @@ estimators-cpu: $(STAMP) ## every Q estimator x 5 noise settings x 3 seeds on MN
 PEERS ?= patrini volmin dualt trevision shared
 PEER_SETTINGS := uniform:0.2 uniform:0.5 pair:0.45
 SEEDS ?= 0,1,2
-PEER_RUN = $(PY) train.py -m seed=$(SEEDS) $(QUIET) $(LAUNCHER) $(if $(DATA_ROOT),data.root=$(DATA_ROOT))
+PEER_RUN = $(PY) train.py -m seed=$(SEEDS) $(QUIET) $(LAUNCHER) $(ROOT_ARG)
 peers-mnist: $(STAMP) ## each peer's own MNIST protocol beside the shared one, in resumable parts (PEERS=, SEEDS=; about 20 h in all on 2 CPU cores: docs/results.md), report in $(FIGURES)/peers_mnist
 	$(FETCH) mnist
 	for p in $(PEERS); do for s in $(PEER_SETTINGS); do \
@@ -94,4 +96,4 @@ peers-mnist: $(STAMP) ## each peer's own MNIST protocol beside the shared one, i
 	  if [ $$p = shared ]; then $(PEER_RUN) $$at q=none early_stopping=true || exit 1; fi; \
 	  if [ $$p = shared ] || [ $$p = trevision ]; then $(PEER_RUN) $$at q=trevision q.start=true || exit 1; fi; \
 	done; done
-	$(PY) -m noisy_convnet.report outputs/multirun/peers_mnist --out $(FIGURES)/peers_mnist
+	$(PY) -m noisy_convnet.report outputs/multirun/peers_mnist --out "$(FIGURES)/peers_mnist"

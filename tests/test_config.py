@@ -173,6 +173,8 @@ def test_choosing_among_candidates_needs_a_validation_slice(make_cfg):
         ("trainer.fast_dev_run=abc", "trainer.fast_dev_run"),
         ("trainer.fast_dev_run=-1", "trainer.fast_dev_run"),
         ("trainer.accelerator=tpu", "trainer.accelerator"),
+        ("data=digits data.image_size=64", "data.image_size"),  # only an image folder reads it: did nothing
+        ("data=mnist5k data.num_workers=8", "data.num_workers"),
         ("+trainer.foo=1", "trainer.foo"),
         ("noise=labels noise.file=x.npy noise.allow_implausible=maybe", "noise.allow_implausible"),
         ("level=0.1 noise.matrix=Q.npy", "level"),  # a file's matrix: level unused

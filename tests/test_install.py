@@ -26,3 +26,21 @@ def test_a_non_editable_install_runs_from_another_directory(tmp_path):
         assert json.loads((work / f"run{i}" / "results.json").read_text())["dataset"] == "digits"
     bad = subprocess.run([*cmd, "data=imagenet9"], cwd=work, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: data: unknown option 'imagenet9'; allowed: cifar10")
+
+
+def test_the_makefiles_folders_may_hold_spaces():
+    """DATA_ROOT and FIGURES with a space reach train.py, fetch and the report as one argument each (they
+    split into two before)."""
+    import shlex
+
+    for target in ("data", "figures-real", "estimators-mnist", "peers-mnist"):
+        p = subprocess.run(["make", "-n", target, "DATA_ROOT=/tmp/my data", "FIGURES=/tmp/my figs", "PEERS=patrini"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        if target == "peers-mnist":  # a shell loop: its line is quoted as the others'
+            assert '"data.root=/tmp/my data"' in p.stdout and '--out "/tmp/my figs/peers_mnist"' in p.stdout
+            continue
+        words = [w for line in p.stdout.splitlines() for w in shlex.split(line)]
+        assert "/tmp/my data" in words or "data.root=/tmp/my data" in words, p.stdout
+        if target != "data":
+            assert "data.root=/tmp/my data" in words and any(w.startswith("/tmp/my figs/") for w in words), p.stdout

@@ -150,3 +150,21 @@ def test_outliers_with_an_image_folder_stay_files_read_by_its_transform(make_cfg
                          "data.batch_size=8", "model=convnet_cifar", "q=fixed",
                          run_dir=tmp_path / "run" / str(len(src))))  # fmt: skip
         assert r.fields["n_out"] == 4 and 0.0 <= r.inlier_ap <= 1.0 and 0.0 <= r.test_error <= 1.0
+
+
+def test_outlier_noise_with_a_matrix_file_flips_the_inliers_at_the_files_level(make_cfg, tmp_path):
+    """noise.matrix=FILE under outlier noise: the file's matrix flips the inliers (it was ignored while
+    noise.inlier_level stayed 0) and the record's level is the file's; an inlier_level beside it is refused."""
+    from noisy_convnet import noise
+
+    path = tmp_path / "q.npy"
+    np.save(path, noise.uniform(5, 0.4))
+    r = run(make_cfg("noise=outlier", f"noise.matrix={path}", "data.train_size=500", "noise.labelled_outliers=20",
+                     "q=none", "trainer.max_epochs=1", run_dir=tmp_path / "run"))  # fmt: skip
+    assert r.level == pytest.approx(0.4) and r.matrix == str(path)
+    q_true = np.array(r.Q_true)
+    np.testing.assert_allclose(q_true[:5, :5] / q_true[:5, :5].sum(0), noise.uniform(5, 0.4), atol=1e-9)
+    # half the images are outliers (all noisy), the other half inliers flipped at 0.4: 0.5 + 0.5 x 0.4 noisy
+    assert r.actual_noise == pytest.approx(0.7, abs=0.04)  # 0.5 when the file was ignored
+    with pytest.raises(UserError, match="^noise.inlier_level: noise.matrix is a file"):
+        run(make_cfg("noise=outlier", f"noise.matrix={path}", "noise.inlier_level=0.2", run_dir=tmp_path / "r2"))

@@ -386,6 +386,11 @@ def validate(cfg: DictConfig) -> DictConfig:
         _check_stage(cfg, role)
     if cfg.data.name not in datasets.NAMES:
         raise UserError(f"data.name: unknown data set '{cfg.data.name}'; allowed: {_allowed(datasets.NAMES)}")
+    if cfg.data.name != "imagefolder":  # keys only an image folder reads: set for another data set, they do nothing
+        for key in ("image_size", "num_workers"):
+            if cfg.data[key] != getattr(DataConf, key):
+                raise UserError(f"data.{key}: only data=imagefolder reads it (data={cfg.data.name} loads its images "
+                                "into memory); leave it out")  # fmt: skip
     if cfg.early_stopping and cfg.data.val_fraction == 0:
         raise UserError("early_stopping: needs a validation slice; set data.val_fraction > 0")
     from .estimators import QEstimator

@@ -293,6 +293,9 @@ class OutlierNoise(NoiseModel):
             raise UserError(f"noise.labelled_outliers: {labelled_outliers!r} must be a whole number >= 0")
         if not 0.0 <= inlier_level < 1.0:
             raise UserError(f"noise.inlier_level: {inlier_level} is outside [0, 1)")
+        if _check_matrix(matrix) not in noise.MATRIX_KINDS and inlier_level:
+            raise UserError(f"noise.inlier_level: noise.matrix is a file ('{matrix}'): its matrix sets the inliers' "
+                            "noise; leave noise.inlier_level at 0")  # fmt: skip
         self.ratio, self.labelled, self.inlier_classes = (
             float(outlier_ratio),
             int(labelled_outliers),
@@ -304,14 +307,17 @@ class OutlierNoise(NoiseModel):
         o = outliers.compose(ds, self.source, self.inlier_classes, data.train_size, self.ratio, self.labelled,
                              rng(seed, 3), self._external(ds, data, seed))  # fmt: skip
         k, y = o.num_classes, o.train.y.numpy().copy()
-        flip = noise.matrix(self.matrix, k, self.inlier_level, rng(seed, 1)) if self.inlier_level > 0 else np.eye(k)
+        from_file = self.matrix not in noise.MATRIX_KINDS  # a file's matrix flips the inliers at its own level
+        flip = noise.matrix(self.matrix, k, self.inlier_level, rng(seed, 1)) if self.inlier_level > 0 or from_file \
+            else np.eye(k)  # fmt: skip
+        level = float(1.0 - np.diag(flip).mean()) if from_file else self.inlier_level
         inl = o.y_true < k
         y[inl] = noise.corrupt(o.y_true[inl], flip, rng(seed, 2))
         q_true = noise.outlier(k, outliers.alpha(o.n_out, o.labelled), flip)
         extra = {"outlier_ratio": self.ratio, "n_in": o.n_in, "n_out": o.n_out, "labelled_outliers": o.labelled,
                  "outlier_source": self.source}  # fmt: skip
         why = "Eq. 8's Q* is singular without labelled outliers; set it > 0"
-        return NoisyData(o.train.relabel(y), o.y_true, o.test, k, q_true, self.name, self.matrix, self.inlier_level,
+        return NoisyData(o.train.relabel(y), o.y_true, o.test, k, q_true, self.name, self.matrix, level,
                          o.n_in, ("noise.labelled_outliers", why), extra)  # fmt: skip
 
     def _external(self, ds: Dataset, data, seed: int) -> tuple[Split, Split] | None:
