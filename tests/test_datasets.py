@@ -402,3 +402,17 @@ def test_a_broken_training_image_is_one_line_naming_it(make_cfg, tmp_path, worke
     with pytest.raises(UserError, match=r"^data.root: '.*cut.jpg' cannot be decoded as an image") as caught:
         run(make_cfg(*folder, "data.batch_size=8", "model=convnet_cifar", "level=0.3"))
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("labels", [["cat"] * (N_TRAIN // 5), [12] * (N_TRAIN // 5), [0] * (N_TRAIN // 5 - 3)])
+def test_unverified_cifar_files_with_malformed_labels_are_one_line(tmp_path, labels):
+    """data.verify=false on CIFAR-10 files whose label list holds names, a class CIFAR-10 does not have, or
+    fewer labels than images: one line naming the files, never a traceback or images with others' labels."""
+    write_cifar(tmp_path, 10)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    d = pickle.loads(batch.read_bytes())
+    d["labels"] = labels
+    batch.write_bytes(pickle.dumps(d))
+    with pytest.raises(UserError, match=r"^data.root: the cifar10 training files under .* (hold labels that are not "
+                       r"whole numbers in \[0, 9\]|hold \d+ images and \d+ labels)"):  # fmt: skip
+        datasets.load("cifar10", str(tmp_path), verify=False)

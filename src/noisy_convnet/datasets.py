@@ -151,19 +151,25 @@ def _torchvision(name: str, root: str, download: bool, verify: bool) -> Dataset:
             f"{'' if verify else ', or keep data.verify=true to check their MD5 sums'}"
         ) from None
     out = []
+    k = len(getattr(parts[0], "classes", range(10)))  # SVHN alone has no class list: its 10 digits
     for ds in parts:
+        part = "training" if not out else "test"
         x = torch.as_tensor(np.asarray(ds.data))
-        y = torch.as_tensor(np.asarray(ds.labels if name == "svhn" else ds.targets), dtype=torch.long)
+        labels = np.asarray(ds.labels if name == "svhn" else ds.targets)
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or len(labels) and (
+                labels.min() < 0 or labels.max() >= k):  # fmt: skip
+            raise UserError(f"data.root: the {name} {part} files under '{root}' ({files}) hold labels that are not "
+                            f"whole numbers in [0, {k - 1}] (a label list of another kind; data.verify=true checks "
+                            "the files)")  # fmt: skip
+        y = torch.as_tensor(labels, dtype=torch.long)
         if x.ndim == 3:  # MNIST-like: (N, H, W)
             x = x[:, None]
         elif name != "svhn":  # CIFAR: (N, H, W, C); SVHN is already (N, C, H, W)
             x = x.permute(0, 3, 1, 2)
         if len(x) != len(y):  # e.g. another split's labels copied over this one's (unverified files)
-            part = "training" if not out else "test"
             raise UserError(f"data.root: the {name} {part} files under '{root}' hold {len(x)} images and {len(y)} "
                             f"labels; one label per image is needed (data.verify=true checks the files)")  # fmt: skip
         out.append(Split(x.to(torch.uint8).contiguous(), y))
-    k = len(getattr(parts[0], "classes", range(10)))  # SVHN alone has no class list: its 10 digits
     return Dataset(name, out[0], out[1], k)
 
 
