@@ -38,6 +38,7 @@ def test_cli_run_writes_results_with_every_field(tmp_path):
     assert (run_dir / "Q.png").stat().st_size > 1000
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert r["provenance"]["torch"] and len(r["provenance"]["commit"] or "") in (0, 40)  # None outside a checkout
+    assert r["provenance"]["cpu"] and r["provenance"]["cpu_capability"]  # numbers are exact per machine
     assert r["threads"] >= 1 and isinstance(r["channels_last"], bool)
     assert (run_dir / "csv" / "metrics.csv").is_file()
     assert not list(run_dir.glob(".results.json.*"))  # no temporary left behind

@@ -124,8 +124,8 @@ def read(path: str | Path) -> dict:
 @functools.cache
 def provenance() -> dict:
     """What made these numbers: the project's git commit when run from a checkout (None otherwise) with a
-    hash of the package's uncommitted changes (None when clean), and the versions of Python, torch,
-    Lightning and Hydra. Read once per process."""
+    hash of the package's uncommitted changes (None when clean), the versions of Python, torch,
+    Lightning and Hydra, and the CPU with the SIMD kernels torch uses on it. Read once per process."""
     import platform
     import subprocess
 
@@ -143,4 +143,18 @@ def provenance() -> dict:
         commit, diff = None, b""
     changes = hashlib.sha256(diff).hexdigest()[:16] if diff.strip() else None
     return {"commit": commit, "uncommitted": changes, "python": platform.python_version(), "torch": torch.__version__,
-            "lightning": pl.__version__, "hydra": hydra.__version__}  # fmt: skip
+            "lightning": pl.__version__, "hydra": hydra.__version__, "cpu": _cpu(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}  # fmt: skip
+
+
+def _cpu() -> str:
+    """The processor's model name (its SIMD kernels change float sums: numbers are per machine)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
