@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 # stopped"), and the deprecation notices of the pinned libraries about each other (not the project's to fix).
 CHATTY = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
           "lightning_fabric.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")  # fmt: skip
-LIBRARY_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+LIBRARY_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                    # the best epoch is tested: the first ModelCheckpoint is the best one's (factory.build_callbacks)
+                    r"`\.test\(ckpt_path=\"best\"\)` is called with Trainer configured with multiple")  # fmt: skip
 
 
 def quiet(verbose: bool) -> None:
