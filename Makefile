@@ -23,7 +23,7 @@ train: $(STAMP) ## the default run: mnist5k, random Q* at level 0.5, learned Q (
 # Tests run in parallel workers (pytest-xdist; TEST_JOBS=0 runs them in this process), one torch thread each.
 TEST_JOBS ?= auto
 PYTEST := $(PY) -m pytest -n $(TEST_JOBS) --maxprocesses 4 --dist worksteal
-test: $(STAMP) ## the test suite, slow tests left out (339 tests, 8 min 43 s in 2 workers on 2 idle CPU cores)
+test: $(STAMP) ## the test suite, slow tests left out (416 tests, 3 min 29 s in 2 workers on 2 idle CPU cores)
 	$(PYTEST) -m "not slow"
 
 test-all: $(STAMP) ## every test, the slow reproductions included
