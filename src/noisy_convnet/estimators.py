@@ -454,11 +454,7 @@ class HocQ(_ForwardCorrection):
         fields = {"sample_size": size}
         if self.features is not None:  # one row per pool image: the training part's rows, in its order
             pool = noisy.pool_size
-            if (
-                noisy.indices is None
-                or len(self.features) <= int(np.max(noisy.indices))
-                or len(self.features) != (pool or len(self.features))
-            ):
+            if noisy.indices is None or len(self.features) != pool:
                 raise UserError(f"q.features: {len(self.features)} rows; one per image of the data set's pool "
                                 f"({pool} images, datasets.load(name).pool's order) is needed")  # fmt: skip
             features = self.features[noisy.indices[:n]]

@@ -55,12 +55,12 @@ from .layers import NoiseLayer
 from .loggers import build_loggers, finish_wandb
 from .module import NoisyLabelModule
 from .record import StageUse, provenance
-from .stages import StageStore, digest, stage_key
+from .stages import NAME, StageStore, digest, stage_key
 
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("probs", "features")
-STAGE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a stage's folder is <name>-<key>: no path in a name
+STAGE_NAME = re.compile(NAME)  # a stage's folder is <name>-<key>: no path in a name
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ class Trainers:
         self.num_classes, self.run_dir, self.run_name = num_classes, Path(run_dir), run_name
         self.channels_last = channels_last(cfg)
         self.context = Context(int(cfg.seed), int(cfg.trainer.max_epochs), bool(cfg.early_stopping), self.run_dir,
-                               str(cfg.protocol.estimate_on) if "protocol" in cfg else "train")  # fmt: skip
+                               str(cfg.protocol.estimate_on))  # fmt: skip
         self.stages = StageStore(stages_dir if stages_dir is not None else self.run_dir / "stages")
         self.count = 0  # nets trained here (a reused stage is not)
         self.used: list[StageUse] = []  # the shared stages this run used, in order
@@ -162,22 +162,22 @@ class Trainers:
         """Train a base net (with as many outputs as the layer has classes) through ``layer`` on ``train``,
         watching ``val``; test it (the best epoch's weights with early stopping) and, given ``predict``,
         compute ``outputs`` on its images. Raises Diverged when the loss or Q is not finite at the end."""
-        self._check_call(layer, outputs, init, init_noise, stage)
-        es = self.settings(role, early_stopping)
+        layer_state = self._check_call(layer, outputs, init, init_noise, stage)
+        settings = self.settings(role, early_stopping)
         ask = (predict, tuple(outputs) if predict is not None else ())
         start = (init, init_noise, net_lr)
-        self.protocol.append({**es.describe(OmegaConf.to_container(self._cfg.model, resolve=True)),
+        self.protocol.append({**settings.describe(OmegaConf.to_container(self._cfg.model, resolve=True)),
                               **({"q_optimizer": layer.optimizer} if layer.optimizer else {}),
                               **({"init": "continued"} if init is not None else {})})  # fmt: skip
         if stage is None or self._cfg.trainer.get("fast_dev_run"):  # a one-batch check shares nothing
             self._fits += 1
             checkpoints = self.run_dir / "checkpoints" / f"training{self._fits}"
-            return self._train(layer, train, val, es, start, ask, checkpoints)
-        key = stage_key(stage, self._stage_inputs(layer, train, val, es, start))
+            return self._train(layer, train, val, settings, start, ask, checkpoints)
+        key = stage_key(stage, self._stage_inputs(layer_state, train, val, settings, start))
         with self.stages.claim(stage, key) as folder:  # a second cell asking for it waits here
             stored = self.stages.load(stage, key)
             if stored is None:
-                training = self._train(layer, train, val, es, start, ask, folder / "checkpoints")
+                training = self._train(layer, train, val, settings, start, ask, folder / "checkpoints")
                 training.stage = StageUse(stage, key, trained=True)
                 self.stages.save(stage, key, _state(training))
         if stored is not None:  # outside the lock: the next waiting cell need not wait for this one's outputs
@@ -187,8 +187,9 @@ class Trainers:
         self.used.append(training.stage)
         return training
 
-    def _check_call(self, layer, outputs, init, init_noise, stage) -> None:
-        """A user's estimator calling fit() wrongly: one line naming q._target_, before any training."""
+    def _check_call(self, layer, outputs, init, init_noise, stage) -> dict:
+        """A user's estimator calling fit() wrongly: one line naming q._target_, before any training. Returns
+        what decides the layer (``_layer_state``), for the stage key."""
         where = f"q._target_: '{self._cfg.q.get('_target_')}' calls trainers.fit"
         if not isinstance(layer, NoiseLayer):
             raise UserError(f"{where} with a {type(layer).__name__}; a layers.NoiseLayer is needed")
@@ -209,21 +210,21 @@ class Trainers:
                     f"{where}(init=...) with a training whose net (or noise layer) has other shapes than "
                     f"this one's ({layer.num_classes} outputs): a warm start needs the same network"
                 )
-        _layer_state(layer, where)
+        return _layer_state(layer, where)
 
     def settings(self, role: str | None, early_stopping: bool | None = None) -> Settings:
         """One training's settings: protocol.<role>'s where it gives them, else the estimator's choice of
         early stopping, else the run's."""
         cfg = self._cfg
-        own = (cfg.protocol.get(role) if role is not None and "protocol" in cfg else None) or {}
+        own = (cfg.protocol.get(role) if role is not None else None) or {}
         es = self.context.early_stopping if early_stopping is None else bool(early_stopping)
         es = es if own.get("early_stopping") is None else bool(own.early_stopping)
         optim = cfg.optim if own.get("optim") is None else own.optim
         return Settings(role, int(own.get("epochs") or cfg.trainer.max_epochs),
                         OmegaConf.to_container(optim, resolve=True), es,
-                        str(own.get("selection") or cfg.get("selection", "nll")))  # fmt: skip
+                        str(own.get("selection") or cfg.selection))  # fmt: skip
 
-    def _stage_inputs(self, layer: NoiseLayer, train: Split, val: Split, es: Settings, start: tuple) -> dict:
+    def _stage_inputs(self, layer_state: dict, train: Split, val: Split, es: Settings, start: tuple) -> dict:
         """Exactly what decides a training's weights and test numbers (stages.py)."""
         init, init_noise, net_lr = start
         cfg = OmegaConf.to_container(self._cfg, resolve=True)
@@ -243,7 +244,7 @@ class Trainers:
                          "batch_size": cfg["data"]["batch_size"], "shift": cfg["data"]["shift"],
                          "channels_last": self.channels_last},
             "classes": self.num_classes, "shape": list(self.shape),
-            "layer": {"type": f"{type(layer).__module__}.{type(layer).__qualname__}", **_layer_state(layer)},
+            "layer": layer_state,
             "init": start,
         }  # fmt: skip
 
@@ -364,7 +365,8 @@ def _layer_state(layer: NoiseLayer, where: str = "q._target_: the estimator trai
     """What decides a noise layer besides its class: its public attributes (numbers, strings, and arrays or
     tensors by digest, a plain tensor attribute as much as a buffer) and its state dict. An attribute of
     another kind cannot be hashed for a shared stage, and is refused (UserError)."""
-    out = {"state": {k: digest(v) for k, v in layer.state_dict().items()}}
+    out = {"type": f"{type(layer).__module__}.{type(layer).__qualname__}",
+           "state": {k: digest(v) for k, v in layer.state_dict().items()}}  # fmt: skip
     for k, v in vars(layer).items():
         if k.startswith("_") or k == "training":
             continue

@@ -42,6 +42,11 @@ def one_cycle(
         t = min(1.0, (step - warm) / max(1, total_steps - warm))
         return 0.5 * (1.0 + math.cos(math.pi * t)) + 1e-3
 
+    return _per_group(optimizer, factor, constant)
+
+
+def _per_group(optimizer: torch.optim.Optimizer, factor, constant) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR scaling every group by ``factor(step)`` but those listed in ``constant``."""
     factors = [(lambda step: 1.0) if i in constant else factor for i in range(len(optimizer.param_groups))]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
@@ -57,8 +62,7 @@ def multi_step(optimizer: torch.optim.Optimizer, total_steps: int, epochs: int, 
         epoch = step // per_epoch
         return gamma ** sum(epoch >= m for m in marks)
 
-    factors = [(lambda step: 1.0) if i in constant else factor for i in range(len(optimizer.param_groups))]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+    return _per_group(optimizer, factor, constant)
 
 
 class Optimizers(torch.optim.Optimizer):
@@ -164,11 +168,8 @@ class NoisyLabelModule(pl.LightningModule):
         x, y = batch
         logits = self.net(x)
         self.log("val/nll", self.noise.nll(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y))
-        # accuracy of the combined model's p(noisy | x) = Q p on the noisy labels (a selection rule of the peers')
-        p = torch.softmax(logits.float(), dim=1)
-        q = self.noise.q()
-        noisy = p if q is None else p @ q.detach().T.to(p)
-        self.log("val/acc", (noisy.argmax(1) == y).float().mean(), on_epoch=True, batch_size=len(y))
+        # accuracy of the combined model's p(noisy | x) on the noisy labels (a selection rule of the peers')
+        self.log("val/acc", (self.noisy_probs(logits).argmax(1) == y).float().mean(), on_epoch=True, batch_size=len(y))
 
     # -- test: clean labels, base model ---------------------------------------------------------------
     def on_test_epoch_start(self) -> None:
@@ -210,6 +211,12 @@ class NoisyLabelModule(pl.LightningModule):
                                              "recall": recall.cpu().numpy()[keep]}  # fmt: skip
         self._scores, self._is_inlier = [], []
 
+    def noisy_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """p(noisy | x) of the combined model: the base net's softmax through Q (Eq. 2), or the softmax alone."""
+        p = torch.softmax(logits.float(), dim=1)
+        q = self.noise.q()
+        return p if q is None else p @ q.detach().T.to(p)
+
     # -- predict: p(noisy | x) of the combined model, and the base net's penultimate features -----------
     predict_outputs: tuple[str, ...] = ("probs",)  # set by the training factory for one predict pass
 
@@ -224,9 +231,7 @@ class NoisyLabelModule(pl.LightningModule):
         finally:
             if hook is not None:
                 hook.remove()
-        p = torch.softmax(logits.float(), dim=1)
-        q = self.noise.q()
-        out = {"probs": p if q is None else p @ q.detach().T.to(p)}
+        out = {"probs": self.noisy_probs(logits)}
         if seen:
             out["features"] = seen[0].float().flatten(1)
         return out
@@ -237,9 +242,8 @@ class NoisyLabelModule(pl.LightningModule):
                    **({"lr": self.net_lr} if self.net_lr is not None else {})}]  # fmt: skip
         q_params = [p for p in self.noise.parameters() if p.requires_grad]
         q_group = {"params": q_params, "weight_decay": 0.0, **({"lr": self.noise.lr} if self.noise.lr else {})}
-        own = getattr(self.noise, "optimizer", None)
-        if q_params and own is not None:  # Q by an optimiser of its own, stepped with the network's
-            opt = Optimizers([self.optimizer_fn(groups), LAYER_OPTIMIZERS[own]([q_group])])
+        if q_params and self.noise.optimizer is not None:  # Q by an optimiser of its own, stepped with the network's
+            opt = Optimizers([self.optimizer_fn(groups), LAYER_OPTIMIZERS[self.noise.optimizer]([q_group])])
         else:
             # Q has its own learning rate and no weight decay (decay would pull it off the simplex).
             opt = self.optimizer_fn(groups + ([q_group] if q_params else []))

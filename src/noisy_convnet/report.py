@@ -47,9 +47,10 @@ def method(row: pd.Series) -> str:
     return name + (" + early stopping" if row.get("early_stopping") else "")
 
 
-NEEDED = {"q", "test_error", "dataset", "seed", "level", "matrix", "noise"}  # what the tables read of a record
+# What the tables read of a record, and of what type (config may be absent: an empty one)
 SHAPES = {"q": str, "dataset": str, "noise": str, "seed": int, "level": (int, float), "matrix": (str, type(None)),
           "test_error": (int, float, type(None)), "config": dict}  # fmt: skip
+NEEDED = SHAPES.keys() - {"config"}
 DEFAULTS = schema_defaults()  # a key at its default is the same cell whether a record has it or not
 RUNS_FILE = "runs.jsonl"  # the report's compact copy of every record, beside the figures: redrawn from it
 

@@ -30,7 +30,8 @@ import torch
 from .files import lock, write_atomic
 
 STAGE_FILE = "stage.pt"
-FOLDER = re.compile(r"[A-Za-z0-9_-]{1,64}-[0-9a-f]{64}")  # a stage's folder: <name>-<sha256 key>
+NAME = r"[A-Za-z0-9_-]{1,64}"  # a stage's name: its folder is <name>-<key>, so no path in a name
+FOLDER = re.compile(rf"{NAME}-[0-9a-f]{{64}}")  # a stage's folder: <name>-<sha256 key>
 log = logging.getLogger(__name__)
 
 
