@@ -144,27 +144,22 @@ def user_error(e: Exception, overrides: list[str] | tuple[str, ...] = ()) -> Use
                          "to your home folder) or give the full path")  # fmt: skip
     if isinstance(e, (ConfigCompositionException, OverrideParseException, OmegaConfBaseException)):
         return UserError(f"overrides: {str(e).splitlines()[0]}")
-    if isinstance(e, OSError) and e.filename and _raised_by_hydra(e):  # making its output directory
+    oserror = next((x for x in (e, e.__cause__) if isinstance(x, OSError) and x.filename), None)
+    if oserror is not None and _raised_by_hydra(e):  # making its output folder, its log file, .hydra/
         key = "hydra.sweep.dir" if {"-m", "--multirun"} & set(overrides) else "hydra.run.dir"
-        return UserError(f"{key}: cannot make the output directory '{e.filename}' ({e.strerror}); give a "
-                         "directory that can be created and written")  # fmt: skip
+        return UserError(f"{key}: cannot write '{oserror.filename}' ({oserror.strerror}); give a directory that "
+                         "can be created and written")  # fmt: skip
     return None
 
 
 def _raised_by_hydra(e: Exception) -> bool:
-    """The error comes from Hydra's own code, not from a run of this package (whose errors are bugs)."""
+    """The error comes from Hydra's own code (its output folder, its log file), not from a run of this
+    package (whose errors are bugs, or UserErrors of their own): no frame of this package but the entry."""
     import traceback
 
-    frames = traceback.extract_tb(e.__traceback__)
-    files = [f.filename for f in frames]
+    files = [f.filename for f in traceback.extract_tb(e.__traceback__)]
     ours = [f for f in files if f"{os.sep}noisy_convnet{os.sep}" in f and not f.endswith(f"{os.sep}cli.py")]
-    # the innermost frame makes a directory: not a cell's error re-raised from Hydra's JobReturn
-    return (
-        bool(frames)
-        and any(f.name in ("mkdir", "makedirs") for f in frames[-3:])  # pathlib: mkdir, is_dir, stat
-        and any(f"{os.sep}hydra{os.sep}" in f for f in files)
-        and not ours
-    )
+    return any(f"{os.sep}hydra{os.sep}" in f for f in files) and not ours
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path = CONF_DIR) -> DictConfig:

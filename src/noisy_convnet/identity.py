@@ -28,6 +28,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from .errors import UserError
 from .files import write_atomic
 from .record import RESULTS_FILE, Record, read, to_jsonable
 
@@ -119,14 +120,18 @@ def input_hashes(config: dict) -> dict:
     name (an outlier folder), of an image folder, and of the files a torchvision set read with
     data.verify=false reads: a cell whose inputs changed is not the same cell."""
     out = {}
-    for value in _strings([config.get("noise") or {}, config.get("q") or {}]):
+    for key, value in _strings({"noise": config.get("noise") or {}, "q": config.get("q") or {}}):
         p = Path(value)
         if len(value) >= 4096 or value in out:
             continue
-        if p.suffix and p.is_file():
-            out[value] = hashlib.sha256(p.read_bytes()).hexdigest()
-        elif ("/" in value or value.startswith(".")) and p.is_dir():  # a path, not a name such as "classes"
-            out[value] = _listing(p)
+        try:
+            if p.suffix and p.is_file():
+                out[value] = hashlib.sha256(p.read_bytes()).hexdigest()
+            elif ("/" in value or value.startswith(".")) and p.is_dir():  # a path, not a name such as "classes"
+                out[value] = _listing(p)
+        except OSError as e:  # a file or folder the user may not read
+            raise UserError(f"{key}: cannot read '{e.filename or value}' ({e.strerror}); give a file this user "
+                            "can read") from None  # fmt: skip
     data = config.get("data") or {}
     if data.get("name") == "imagefolder" and data.get("root") and Path(data["root"]).is_dir():
         out[str(data["root"])] = _listing(Path(data["root"]))
@@ -158,15 +163,16 @@ def _listing(root: Path) -> str:
     return "listing:" + h.hexdigest()
 
 
-def _strings(node):
+def _strings(node, key: str = ""):
+    """Each string of a nested config node, with its dotted key."""
     if isinstance(node, dict):
-        for v in node.values():
-            yield from _strings(v)
+        for k, v in node.items():
+            yield from _strings(v, f"{key}.{k}" if key else str(k))
     elif isinstance(node, list):
-        for v in node:
-            yield from _strings(v)
+        for i, v in enumerate(node):
+            yield from _strings(v, f"{key}[{i}]")
     elif isinstance(node, str):
-        yield node
+        yield key, node
 
 
 def _sha(obj) -> str:

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .errors import UserError
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The libraries' lines a run does not print unless verbose=true: Lightning's banners and tips (its rank_zero
 # info: "GPU available", "TPU available", the litlogger advertisement, "Loading `train_dataloader`", "`Trainer.fit`
@@ -30,30 +35,68 @@ def quiet(verbose: bool) -> None:
 
     for name in CHATTY:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    # W&B's telemetry exporter, which says so when the server (a proxy, not W&B's) refuses its batches
+    logging.getLogger("opentelemetry").setLevel(logging.INFO if verbose else logging.CRITICAL)
     for message in LIBRARY_WARNINGS:
         warnings.filterwarnings("default" if verbose else "ignore", message=message)
+
+
+def _wandb_server() -> tuple[str, int, str]:
+    from urllib.parse import urlparse
+
+    base = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    url = urlparse(base)
+    return url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443), base
 
 
 def wandb_online() -> bool:
     """W&B logs online only with an API key (WANDB_API_KEY, or a ~/.netrc entry for the server) and a
     reachable server (WANDB_BASE_URL, a self-hosted one too; default api.wandb.ai); otherwise offline
-    (`wandb sync` later)."""
-    from urllib.parse import urlparse
-
-    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+    (`wandb sync` later). WANDB_MODE=online asks for online: without a key or a server, one line (UserError)
+    instead of a run that quietly logs nowhere the user looks."""
+    asked = os.environ.get("WANDB_MODE")
+    if asked in ("offline", "disabled", "dryrun"):
         return False
-    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
-    host, port = url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+    host, port, base = _wandb_server()
     netrc = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
     if not os.environ.get("WANDB_API_KEY") and not (netrc.is_file() and host in netrc.read_text()):
+        if asked == "online":
+            raise UserError("WANDB_MODE: online, but no API key (WANDB_API_KEY or `wandb login`); log in, or "
+                            "unset WANDB_MODE to log offline and `wandb sync` later")  # fmt: skip
         return False
     import socket
 
     try:
         socket.create_connection((host, port), timeout=3).close()
         return True
-    except OSError:
+    except OSError as e:
+        if asked == "online":
+            raise UserError(f"WANDB_MODE: online, but the W&B server {base} cannot be reached ({e}); unset "
+                            "WANDB_MODE to log offline and `wandb sync` later") from None  # fmt: skip
         return False
+
+
+def start_wandb(start: Callable[[bool], T]) -> T:
+    """``start(offline)`` a W&B run: offline when wandb_online says so; online, and if the server answers but
+    refuses the run (a proxy, a server that is not W&B's, a key it does not know: wandb's CommError or
+    AuthenticationError), one warning and the run goes on offline, never a traceback; with WANDB_MODE=online
+    the refusal is one line (UserError) instead."""
+    import wandb
+
+    if not wandb_online():
+        log.info("W&B: no API key or no network, logging offline")
+        return start(True)
+    try:
+        return start(False)
+    except wandb.errors.Error as e:
+        base = _wandb_server()[2]
+        why = f"{type(e).__name__}: {' '.join(str(e).split(': {')[0].split())[:160]}"  # not the page it returned
+        if os.environ.get("WANDB_MODE") == "online":
+            raise UserError(f"WANDB_MODE: online, but the W&B server {base} refused the run ({why}); check the "
+                            "key and WANDB_BASE_URL, or unset WANDB_MODE to log offline") from None  # fmt: skip
+        log.warning("W&B: the server %s refused the run (%s); logging offline, `wandb sync` it later", base, why)
+        wandb.teardown()  # the failed online start's state, which the offline start would reuse
+        return start(True)
 
 
 def _cell_name() -> str | None:
@@ -74,13 +117,21 @@ def build_loggers(cfg: DictConfig, run_name: str, training: int = 1) -> list:
         if training > 1 and "version" in lcfg:
             lcfg = OmegaConf.merge(lcfg, {"version": f"training{training}"})
         if "wandb" in name:
-            if not wandb_online():
-                lcfg = OmegaConf.merge(lcfg, {"offline": True})
-                log.info("W&B: no API key or no network, logging offline under %s", cfg.run_dir)
             if lcfg.get("name") is None or _cell_name():
                 lcfg = OmegaConf.merge(lcfg, {"name": _cell_name() or run_name})
-        loggers.append(instantiate(lcfg))
+            loggers.append(start_wandb(lambda offline, lcfg=lcfg: _wandb_logger(lcfg, offline)))
+        else:
+            loggers.append(instantiate(lcfg))
     return loggers
+
+
+def _wandb_logger(lcfg: DictConfig, offline: bool):
+    """A WandbLogger whose run is started now (``experiment``), so that a server refusing it is known here."""
+    if offline:
+        lcfg = OmegaConf.merge(lcfg, {"offline": True})
+    logger = instantiate(lcfg)
+    logger.experiment  # noqa: B018 (starts the run)
+    return logger
 
 
 def finish_wandb(trainer: pl.Trainer) -> None:

@@ -357,14 +357,16 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
 
 def log_to_wandb(paths: list[Path], root: Path, t: pd.DataFrame) -> None:
     """The sweep's table (one row per cell) and every figure, to one summary run of the sweep's W&B group;
-    offline without a key or a server (loggers.wandb_online)."""
+    offline without a key or a server (loggers.start_wandb)."""
     import wandb
 
-    from .loggers import wandb_online
+    from .loggers import start_wandb
 
-    mode = "online" if wandb_online() else "offline"
-    with wandb.init(project="noisy-convnet", job_type="report", name=f"report {root.name}", group=root.name,
-                    mode=mode, dir=str(root)) as run:  # fmt: skip
+    def start(offline: bool):
+        return wandb.init(project="noisy-convnet", job_type="report", name=f"report {root.name}", group=root.name,
+                          mode="offline" if offline else "online", dir=str(root))  # fmt: skip
+
+    with start_wandb(start) as run:
         run.log({"results": wandb.Table(dataframe=t), **{p.stem: wandb.Image(str(p)) for p in paths}})
 
 
@@ -431,7 +433,11 @@ def main(argv: list[str] | None = None) -> int:
     print(t.round({"test_error_%": 2, "std_%": 2}).to_string(index=False))
     print(f"{len(df)} runs, {len(problems)} warnings -> {out}/results.csv, results.md, {len(paths)} figures")
     if args.wandb:
-        log_to_wandb(paths, args.sweep_dir, t)
+        try:
+            log_to_wandb(paths, args.sweep_dir, t)
+        except UserError as e:  # WANDB_MODE=online and no server: the files above are written, the log is not
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     return 0
 
 
