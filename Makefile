@@ -4,18 +4,28 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-all lint format data figures-cpu figures-real estimators-cpu estimators-mnist peers-mnist example-estimator bench clean
+.PHONY: help install lock train test test-all lint format data figures-cpu figures-real estimators-cpu estimators-mnist peers-mnist example-estimator bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# The venv installs exactly the versions of requirements.lock (hashes checked), the package itself without
+# resolving anything (its build backend, setuptools, is locked too). `pip install .` keeps pyproject's ranges.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,cleanlab]"
+	$(PY) -m pip install -q --require-hashes -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-install: $(STAMP) ## make .venv and install the package with its dependencies (once)
+install: $(STAMP) ## make .venv with the locked versions (requirements.lock) and the package (once)
+
+# pip-tools, not uv: it resolves with pip itself, so it honours the machine's pip settings (its local wheel
+# files, its torch cap) as `make install` does; uv looks at neither and would fetch a CUDA torch of 3 GB.
+lock: $(STAMP) ## re-resolve requirements.lock to the newest versions pyproject.toml allows (recheck the numbers!)
+	$(PY) -m pip install -q pip-tools
+	$(PY) -m piptools compile -q --allow-unsafe --extra=cleanlab --extra=dev --generate-hashes --no-emit-find-links \
+	  --no-emit-index-url --output-file=requirements.lock --strip-extras pyproject.toml
 
 train: $(STAMP) ## the default run: mnist5k, random Q* at level 0.5, learned Q (28 s on 2 CPU cores, once installed)
 	$(PY) train.py

@@ -144,7 +144,31 @@ def provenance() -> dict:
     changes = hashlib.sha256(diff).hexdigest()[:16] if diff.strip() else None
     return {"commit": commit, "uncommitted": changes, "python": platform.python_version(), "torch": torch.__version__,
             "lightning": pl.__version__, "hydra": hydra.__version__, "cpu": _cpu(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}  # fmt: skip
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            **from_lock(Path(__file__).resolve().parents[2] / LOCK_FILE)}  # fmt: skip
+
+
+LOCK_FILE = "requirements.lock"
+
+
+def from_lock(lock: Path) -> dict:
+    """Whether the installed libraries are the lock's (``make install``): ``locked`` True when every pinned
+    version is the installed one, False with ``unlocked`` naming each that is not ("numpy": "2.4.6 locked,
+    2.5.0 installed"), None when there is no lock beside the package (a ``pip install .`` of the ranges)."""
+    import re
+    from importlib.metadata import PackageNotFoundError, version
+
+    if not lock.is_file():
+        return {"locked": None}
+    differ = {}
+    for name, pinned in re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)", lock.read_text(), re.M):
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            installed = "none"
+        if installed != pinned:
+            differ[name] = f"{pinned} locked, {installed} installed"
+    return {"locked": not differ, **({"unlocked": differ} if differ else {})}
 
 
 def _cpu() -> str:
