@@ -1,4 +1,4 @@
-"""The field's Q estimators (estimators.py): each method on oracle probabilities, a run's record against
+"""The field's Q estimators (the estimators package): each method on oracle probabilities, a run's record against
 its saved probabilities, VolMinNet learning toward Q*, bad input."""
 
 import json

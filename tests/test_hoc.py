@@ -1,9 +1,10 @@
-"""HOC's counts and fit (hoc.py) on synthetic labels drawn through a known T, where the answer is known."""
+"""HOC's counts and fit (estimators/hoc_core.py) on synthetic labels drawn through a known T (the answer known)."""
 
 import numpy as np
 import pytest
 
-from noisy_convnet import hoc, noise
+from noisy_convnet import noise
+from noisy_convnet.estimators import hoc_core as hoc
 
 
 def _clusters(seed: int, k: int = 3, n: int = 15_000, level: float = 0.3):
