@@ -53,3 +53,13 @@ def test_the_readme_is_a_front_page():
     assert len(text.encode()) < 10_240
     for link in ("docs/results.md", "docs/usage.md", "docs/method.md"):
         assert f"]({link}" in text and (ROOT / link).is_file()
+
+
+def test_the_docs_list_every_estimator():
+    """The docs' lists of estimators (the q options of usage.md, the record's q of results_schema.md) name
+    every estimator of estimators.ESTIMATORS (two had gone stale before there was one list)."""
+    from noisy_convnet.estimators import NAMES
+
+    for doc, extra in (("docs/usage.md", {"custom"}), ("docs/results_schema.md", set())):
+        (row,) = [line for line in (ROOT / doc).read_text().splitlines() if line.startswith("| `q` |")]
+        assert set(re.findall(r"`([a-z]+)`", row)) - {"q", "str"} == set(NAMES) | extra, doc

@@ -188,3 +188,28 @@ def test_hoc_and_trevision_run_and_record_what_they_promise(make_cfg, tmp_path):
     assert t.fields["q_error_anchor"] == pytest.approx(noise.q_error(anchor.T, np.array(t.Q_true)), abs=1e-6)
     assert t.fields["q_error_revised"] == pytest.approx(t.q_error, abs=1e-6)
     assert not np.allclose(anchor, revised)  # the slack moved
+
+
+def test_one_list_of_estimators_that_the_options_presets_and_report_follow():
+    """estimators.ESTIMATORS is the one list: conf/q's options (but custom) are its names, each YAML builds its
+    class under the package's public name, the estimators_* presets sweep it, the report orders and colours
+    by it; a name not in it (a user's estimator) follows the listed ones in a colour none of them has."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    from noisy_convnet import comparison, config, plots
+    from noisy_convnet.estimators import ESTIMATORS, NAMES
+
+    assert set(config.group_options("q")) - {"custom"} == set(NAMES)
+    for e in ESTIMATORS:
+        target = OmegaConf.load(config.CONF_DIR / "q" / f"{e.name}.yaml")["_target_"]
+        module, cls = e.cls.split(".")
+        assert target == f"noisy_convnet.estimators.{cls}"
+        assert get_class(target).name == e.name and get_class(target).__module__.endswith(f".{module}")
+    for preset in ("uniform", "pair", "random", "instance", "mnist"):
+        params = OmegaConf.load(config.CONF_DIR / "experiment" / f"estimators_{preset}.yaml").hydra.sweeper.params
+        assert OmegaConf.to_container(params, resolve=True)["q"] == ",".join(NAMES)
+    assert list(plots.COLOURS) == list(NAMES)
+    assert plots.colour("my_own")[0] in plots.OTHERS and plots.colour("hoc+es#dualt") == ("tab:cyan", True)
+    rows = comparison._rows(["hoc", "my_own", "none+es", "fixed", "none", "anchor"])
+    assert rows == ["none", "none+es", "fixed", "anchor", "hoc", "my_own"]

@@ -10,6 +10,8 @@ import re
 import numpy as np
 import pandas as pd
 
+from .estimators import NAMES
+
 
 def _setting(df: pd.DataFrame) -> pd.Series:
     """The noise a run was trained under, as a column label: e.g. "uniform 0.5", "instance 0.2" (the noise
@@ -50,9 +52,10 @@ def paired(df: pd.DataFrame, reference: str) -> pd.DataFrame:
     return t.reset_index()
 
 
-# The rows of the wide tables, by curve (report.curve): the baselines first, then the estimators as the
-# literature added them; a curve not listed (your own estimator) follows, by name.
-ORDER = ("none", "none+es", "fixed", "learned", "anchor", "dualt", "confident", "volmin", "trevision", "hoc")
+# The rows of the wide tables, by curve (report.curve): estimators.ESTIMATORS' order (the baselines first,
+# then the estimators as the literature added them), the early-stopped plain net right after the plain net;
+# a curve not listed (your own estimator) follows, by name.
+ORDER = (NAMES[0], f"{NAMES[0]}+es", *NAMES[1:])
 
 
 def _rows(curves) -> list[str]:

@@ -33,6 +33,10 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from . import identity  # noqa: F401  (identity registers the cell_dir resolvers)
 from .errors import UserError
+from .estimators import NAMES
+
+# The estimators_* presets sweep q=${estimators:}: every built-in estimator, in estimators.ESTIMATORS' order
+OmegaConf.register_new_resolver("estimators", lambda: ",".join(NAMES), replace=True)
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package
 # Config groups a user picks by name on the command line (``group=option``).

@@ -12,12 +12,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-# One colour per Q estimator (by its record name, report.curve without "+es"): the same in every figure; the
-# early-stopped variant dashed (lines) or hatched (bars). An estimator not listed (your own) takes one of
-# OTHERS by its name, never one of these.
-COLOURS = {"none": "tab:red", "fixed": "tab:blue", "learned": "tab:green", "anchor": "tab:purple",
-           "dualt": "tab:orange", "confident": "tab:brown", "volmin": "tab:pink", "trevision": "tab:olive",
-           "hoc": "tab:cyan"}  # fmt: skip
+from .estimators import ESTIMATORS  # noqa: E402
+
+# One colour per Q estimator (by its record name, report.curve without "+es"): the same in every figure
+# (estimators.ESTIMATORS); the early-stopped variant dashed (lines) or hatched (bars). An estimator not listed
+# (your own) takes one of OTHERS by its name, never one of these.
+COLOURS = {e.name: e.colour for e in ESTIMATORS}
 OTHERS = ("black", "tab:gray", "gold", "navy", "lime", "teal", "maroon", "darkkhaki")
 
 
