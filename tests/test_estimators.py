@@ -197,8 +197,9 @@ def test_one_list_of_estimators_that_the_options_presets_and_report_follow():
     from hydra.utils import get_class
     from omegaconf import OmegaConf
 
-    from noisy_convnet import comparison, config, plots
+    from noisy_convnet import config, plots
     from noisy_convnet.estimators import ESTIMATORS, NAMES
+    from noisy_convnet.report.comparison import _rows
 
     assert set(config.group_options("q")) - {"custom"} == set(NAMES)
     for e in ESTIMATORS:
@@ -211,5 +212,5 @@ def test_one_list_of_estimators_that_the_options_presets_and_report_follow():
         assert OmegaConf.to_container(params, resolve=True)["q"] == ",".join(NAMES)
     assert list(plots.COLOURS) == list(NAMES)
     assert plots.colour("my_own")[0] in plots.OTHERS and plots.colour("hoc+es#dualt") == ("tab:cyan", True)
-    rows = comparison._rows(["hoc", "my_own", "none+es", "fixed", "none", "anchor"])
+    rows = _rows(["hoc", "my_own", "none+es", "fixed", "none", "anchor"])
     assert rows == ["none", "none+es", "fixed", "anchor", "hoc", "my_own"]

@@ -426,8 +426,8 @@ def test_a_comparison_without_any_q_draws_no_q_heatmaps(tmp_path):
 
 
 def test_every_estimator_has_its_own_colour_and_place_whatever_the_data_set():
-    from noisy_convnet.comparison import _rows
     from noisy_convnet.plots import COLOURS, colour
+    from noisy_convnet.report.comparison import _rows
 
     assert _rows(["mine@b", "anchor@b", "none+es@a", "none@a"]) == ["none@a", "none+es@a", "anchor@b", "mine@b"]
     assert colour("none+es@mnist") == ("tab:red", True) and colour("mine") == colour("mine@x")

@@ -1,6 +1,7 @@
 """The estimators compared on the same noisy labels (make estimators-cpu): per noise setting, each
 estimator's test error (mean and sd over seeds) and q_error, paired differences of the test error against
-a reference on the same seed, a bar figure of both and Q heatmaps per estimator (Q* first).
+a reference on the same seed, a bar figure of both and Q heatmaps per estimator (Q* first). Reads the frame
+of ``load.load_sweep`` (its docstring names the columns: curve, method, seed, test_error, q_error, ...).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from .estimators import NAMES
+from ..estimators import NAMES
 
 
 def _setting(df: pd.DataFrame) -> pd.Series:
@@ -133,7 +134,7 @@ def stages(df: pd.DataFrame) -> pd.DataFrame:
 def estimators_figure(df: pd.DataFrame):
     import matplotlib.pyplot as plt
 
-    from .plots import colour
+    from ..plots import colour
 
     t = comparison(df)
     settings = sorted(t["setting"].unique())

@@ -89,7 +89,7 @@ def figure(df: pd.DataFrame):
     shared); mean over seeds, error bars 1 sd where there are several."""
     import matplotlib.pyplot as plt
 
-    from .plots import colour
+    from ..plots import colour
 
     d = df.assign(setting=_setting(df), base=df["q"].map(str))
     own_of = {}  # estimator -> its own protocol

@@ -1,0 +1,117 @@
+"""Loading a sweep: every ``results.json`` under a folder (or, without any, the lines of its
+``runs.jsonl``) into one DataFrame, the frame every table and figure reads (``load_sweep``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..config import schema_defaults
+from ..identity import cell_config
+from ..record import RESULTS_FILE, SAME_AS
+
+MATRICES = ("Q_true", "Q", "confusion", "pr_curve")
+
+
+def curve(row: pd.Series) -> str:
+    """The curve a run belongs to, by the record's names: its Q estimator's ``q`` and "+es" when the net was
+    early-stopped (figures select and colour curves by this, never by a display label)."""
+    return str(row["q"]) + ("+es" if row.get("early_stopping") else "")
+
+
+def method(row: pd.Series) -> str:
+    """How tables and legends name a run's curve: its Q estimator's label, and whether it was early-stopped."""
+    label = row.get("q_label")
+    name = label if isinstance(label, str) and label else row["q"]
+    return name + (" + early stopping" if row.get("early_stopping") else "")
+
+
+# What the tables read of a record, and of what type (config may be absent: an empty one)
+SHAPES = {"q": str, "dataset": str, "noise": str, "seed": int, "level": (int, float), "matrix": (str, type(None)),
+          "test_error": (int, float, type(None)), "config": dict}  # fmt: skip
+NEEDED = SHAPES.keys() - {"config"}
+DEFAULTS = schema_defaults()  # a key at its default is the same cell whether a record has it or not
+RUNS_FILE = "runs.jsonl"  # the report's compact copy of every record, beside the figures: redrawn from it
+
+
+def _records(root: Path):
+    """(path, text) of every results.json below root; without any, the lines of root's runs.jsonl."""
+    paths = sorted(root.rglob(RESULTS_FILE))
+    if paths:
+        return [(p, p.read_text) for p in paths]
+    runs = root / RUNS_FILE
+    lines = runs.read_text().splitlines() if runs.is_file() else []
+    return [(runs, line) for line in lines]
+
+
+def load_sweep(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """(one row per finished run, warnings about failed, unfinished or unreadable runs).
+
+    The frame every table and figure reads, one row per run:
+      the record's scalars   q, q_label, q_estimated, dataset, noise, matrix, level, seed, test_error,
+                             q_error, early_stopping, train_size, outlier_ratio, ... (docs/results_schema.md;
+                             its matrices Q_true, Q, confusion, pr_curve only in ``_record``)
+      cfg.<key>              every config field, flattened
+      run_dir                the folder of its results.json (or of the runs.jsonl it came from)
+      method                 its label in tables and legends (``method``), with " [protocol]" when the sweep
+                             holds several protocols and " (dataset)" when it holds several data sets
+      curve                  its curve by record names (``curve``), with "#protocol" and "@dataset" likewise:
+                             figures select and colour by this, never by a label
+      protocol               the peer protocol's name, "shared" for the shared one
+      _record, _config       the whole record and its config (the report's runs.jsonl is written from them)
+      _cell                  its cell's identity without the seed (runs of one table row must share it)
+    """
+    root = Path(root)
+    rows, problems = [], []
+    for path, text in _records(root):
+        try:
+            r = json.loads(text() if callable(text) else text)
+        except (ValueError, OSError) as e:  # malformed JSON, bytes that are not UTF-8, a file gone
+            problems.append(f"unreadable result {path}: {e}")
+            continue
+        missing = sorted(NEEDED - r.keys()) if isinstance(r, dict) else []
+        if not isinstance(r, dict) or missing:
+            problems.append(f"left out {path}: not a run's record{f' (no {missing})' if missing else ''}")
+            continue
+        cfg = r.pop("config", {}) or {}
+        odd = [k for k, kinds in SHAPES.items() if not isinstance(r[k] if k != "config" else cfg, kinds)]
+        if odd:  # a record of another shape (a string config, a q that is not a name): not this project's
+            problems.append(f"left out {path}: not a run's record ({', '.join(odd)} of another type)")
+            continue
+        if not isinstance(r["test_error"], (int, float)) or not np.isfinite(r["test_error"]):
+            problems.append(f"left out, test error {r['test_error']} (a diverged run): {path}")
+            continue
+        if (cfg.get("trainer") or {}).get("fast_dev_run"):
+            problems.append(f"left out, a fast_dev_run (one batch, not a result): {path}")
+            continue
+        r["_cell"] = json.dumps({k: v for k, v in cell_config(cfg, DEFAULTS).items() if k != "seed"}, sort_keys=True)
+        row = {k: v for k, v in r.items() if k not in MATRICES}
+        row.update({f"cfg.{k}": v for k, v in pd.json_normalize(cfg, sep=".").iloc[0].items()} if cfg else {})
+        row["run_dir"] = str(path.parent)
+        row["_record"] = r
+        row["_config"] = cfg
+        rows.append(row)
+    for hydra_dir in sorted(root.rglob(".hydra")):
+        if not (hydra_dir.parent / RESULTS_FILE).exists() and not (hydra_dir.parent / SAME_AS).exists():
+            problems.append(f"failed or unfinished run (no {RESULTS_FILE}): {hydra_dir.parent}")
+    df = pd.DataFrame(rows)
+    if len(df):
+        df["method"] = df.apply(method, axis=1)
+        df["curve"] = df.apply(curve, axis=1)
+        df["protocol"] = df["_record"].map(lambda r: (r.get("protocol") or {}).get("name") or "shared")
+        if df["protocol"].nunique() > 1:  # one curve per protocol: an estimator under two protocols is two rows
+            df["method"] = df["method"] + " [" + df["protocol"] + "]"
+            df["curve"] = df["curve"] + "#" + df["protocol"]
+        if df["dataset"].nunique() > 1:  # one curve per data set: never two data sets joined into one line
+            df["method"] = df["method"] + " (" + df["dataset"].astype(str) + ")"
+            df["curve"] = df["curve"] + "@" + df["dataset"].astype(str)
+        df["_cell"] = df["_record"].map(lambda r: r["_cell"])
+        keys = [k for k in ("dataset", "noise", "matrix", "method", "level", "train_size", "outlier_ratio") if k in df]
+        for cell, g in df.groupby(keys, dropna=False):
+            if g["_cell"].nunique() > 1:  # same row of the table, runs that differ in more than the seed
+                problems.append(f"runs that differ in more than their seed share the table's row {cell}: "
+                                f"{', '.join(sorted(g['run_dir']))}")  # fmt: skip
+    return df, problems
