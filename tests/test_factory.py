@@ -96,3 +96,36 @@ def test_features_are_the_penultimate_layer_on_the_images_asked_in_their_order(m
     assert np.allclose(probs, t.probs, atol=1e-5)
     with pytest.raises(ValueError, match="outputs"):
         factory.fit(NoiseLayer(10), train, val, predict=train, outputs=("logits",))
+
+
+def _key(make_cfg, tmp_path, *overrides, layer=None, role="plain", early_stopping=True, val_rows=None):
+    """The stage key train.run's factory computes for the plain net, no training."""
+    from noisy_convnet.stages import stage_key
+
+    factory, train, val = _setup(make_cfg, tmp_path, *overrides)
+    val = val if val_rows is None else val.take(np.arange(val_rows))
+    layer = layer or NoiseLayer(10)
+    state = factory._check_call(layer, ("probs",), None, False, "plain")
+    settings = factory.settings(role, early_stopping)
+    return stage_key("plain", factory._stage_inputs(state, train, val, settings, (None, False, None)))
+
+
+def test_the_stage_key_is_one_for_equal_inputs_and_another_for_each_changed_input(make_cfg, tmp_path):
+    """Every input that decides a stage's weights and test numbers changes its key; what does not decide them
+    (where it logs, what it prints, the run's folder) keeps it: a stage is reused only for equal inputs."""
+    base = _key(make_cfg, tmp_path)
+    assert _key(make_cfg, tmp_path) == base  # equal inputs, another factory
+    same = [("logger=csv",), ("verbose=true",), ("trainer.enable_progress_bar=true",), ("q=anchor",)]
+    for overrides in same:
+        assert _key(make_cfg, tmp_path, *overrides) == base, overrides
+    changed = [("seed=1",), ("level=0.3",), ("data.batch_size=17",), ("data.shift=3",), ("selection=accuracy",),
+               ("patience=3",), ("trainer.max_epochs=3",), ("model.hidden=64",), ("optim.optimizer.lr=0.001",),
+               ("protocol.plain.epochs=5",), ("data.val_fraction=0.2",)]  # fmt: skip
+    keys = {base}
+    for overrides in changed:
+        key = _key(make_cfg, tmp_path, *overrides)
+        assert key not in keys, overrides
+        keys.add(key)
+    assert _key(make_cfg, tmp_path, early_stopping=False) not in keys  # the estimator's choice of early stopping
+    assert _key(make_cfg, tmp_path, val_rows=20) not in keys  # other validation images
+    assert _key(make_cfg, tmp_path, layer=learned(10)) not in keys  # another noise layer
