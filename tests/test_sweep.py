@@ -72,7 +72,9 @@ def test_slurm_launcher_settings_reach_submitit(tmp_path, monkeypatch):
     with pytest.raises(StopIteration):
         launcher.launch([["q=none"]], initial_job_idx=0)
     assert seen["cluster"] == "slurm" and seen["slurm_partition"] == "gpu"
-    assert seen["timeout_min"] == 120 and seen["gpus_per_node"] == 1 and seen["mem_gb"] == 32
+    assert seen["timeout_min"] == 120 and seen["gpus_per_node"] == 0 and seen["mem_gb"] == 8  # a CPU cell's request
+    gpu = _compose("hydra/launcher=slurm", "trainer=gpu", f"hydra.sweep.dir={tmp_path}", "run_dir=/tmp/unused")
+    assert (gpu.hydra.launcher.gpus_per_node, gpu.hydra.launcher.cpus_per_task, gpu.hydra.launcher.mem_gb) == (1, 8, 32)
     # a cell that reaches its time limit or is preempted is requeued (and resumes from its last checkpoint)
     assert seen["init"]["slurm_max_num_timeout"] >= 1 and hasattr(type(launcher), "checkpoint")
     # every slurm_* key is one submitit's SLURM executor knows

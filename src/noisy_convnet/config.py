@@ -37,6 +37,10 @@ from .estimators import NAMES
 
 # The estimators_* presets sweep q=${estimators:}: every built-in estimator, in estimators.ESTIMATORS' order
 OmegaConf.register_new_resolver("estimators", lambda: ",".join(NAMES), replace=True)
+# conf/hydra/launcher/slurm.yaml sizes a cell's request by its trainer: ${if_gpu:${trainer.accelerator},a,b} is
+# a with trainer=gpu, b otherwise (a CPU cell asks for no GPU, which a CPU partition refuses)
+OmegaConf.register_new_resolver("if_gpu", lambda accelerator, gpu, cpu: gpu if accelerator == "gpu" else cpu,
+                                replace=True)  # fmt: skip
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package
 # Config groups a user picks by name on the command line (``group=option``).
@@ -148,12 +152,27 @@ def user_error(e: Exception, overrides: list[str] | tuple[str, ...] = ()) -> Use
                          "to your home folder) or give the full path")  # fmt: skip
     if isinstance(e, (ConfigCompositionException, OverrideParseException, OmegaConfBaseException)):
         return UserError(f"overrides: {str(e).splitlines()[0]}")
+    if type(e).__name__ == "FailedJobError" and "sbatch: error:" in str(e):  # submitit: SLURM refused the jobs
+        return _sbatch_refused(str(e))
     oserror = next((x for x in (e, e.__cause__) if isinstance(x, OSError) and x.filename), None)
     if oserror is not None and _raised_by_hydra(e):  # making its output folder, its log file, .hydra/
         key = "hydra.sweep.dir" if {"-m", "--multirun"} & set(overrides) else "hydra.run.dir"
         return UserError(f"{key}: cannot write '{oserror.filename}' ({oserror.strerror}); give a directory that "
                          "can be created and written")  # fmt: skip
     return None
+
+
+# sbatch's refusals, by the words of its message, and the hydra.launcher key that asked for it
+SBATCH_KEYS = (("partition", "partition"), ("gres", "gpus_per_node"), ("gpu", "gpus_per_node"),
+               ("memory", "mem_gb"), ("time limit", "timeout_min"), ("cpu", "cpus_per_task"))  # fmt: skip
+
+
+def _sbatch_refused(message: str) -> UserError:
+    errors = [line.split("sbatch: error:", 1)[1].strip() for line in message.splitlines() if "sbatch: error:" in line]
+    said = next((e for e in errors if not e.startswith("Batch job submission failed")), errors[0])
+    key = next((k for words, k in SBATCH_KEYS if words in said.lower()), None)
+    return UserError(f"hydra.launcher.{key or '*'}: SLURM refused the cells' jobs ({said}); ask for what the cluster "
+                     "has (sinfo -N -l shows its partitions and nodes)")  # fmt: skip
 
 
 def _raised_by_hydra(e: Exception) -> bool:

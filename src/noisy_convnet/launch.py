@@ -7,6 +7,7 @@ the sweep's ``.failed/`` folder, and the command ends with one line naming the f
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -94,6 +95,8 @@ class SweepStatus(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         STATUS["exit"] = 0
+        if "slurm" in str(config.hydra.launcher.get("_target_", "")).lower():
+            quiet_sacct()
         for old in self._notes(config):  # an earlier command's, under a pid this one reuses
             old.unlink(missing_ok=True)
 
@@ -114,3 +117,39 @@ class SweepStatus(Callback):
             print(f"error: sweep: {len(failed)} cell(s) failed ({names}); the others ran, their results are kept",
                   file=sys.stderr)  # fmt: skip
             STATUS["exit"] = 2 if all(f["kind"] == "user" for f in failed) else 1
+
+
+class _Once(logging.Filter):
+    """Lets the first record whose message holds ``text`` through, and none after it."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text, self.seen = text, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.text not in record.getMessage():
+            return True
+        seen, self.seen = self.seen, True
+        return not seen
+
+
+def quiet_sacct() -> None:
+    """submitit polls ``sacct`` for its jobs' states. On a cluster that keeps no accounting (many small ones)
+    every poll fails, and submitit says so in a warning, printed three times per poll through Hydra's
+    handlers, beside sacct's own line: there the poll is not made (one line says so), and the jobs' states
+    come from their result files, which is all the failing poll left anyway. Elsewhere a failing poll's
+    warning is printed once."""
+    import subprocess
+
+    try:
+        show = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        show = ""
+    if "accounting_storage/none" in show:
+        from submitit.slurm.slurm import SlurmInfoWatcher
+
+        SlurmInfoWatcher._make_command = lambda self: None  # update() then keeps what it knows: nothing from sacct
+        logging.getLogger(__name__).info("SLURM keeps no accounting here: the cells' states come from their result "
+                                         "files, not from sacct")  # fmt: skip
+    elif not any(isinstance(f, _Once) for f in logging.getLogger("submitit").filters):
+        logging.getLogger("submitit").addFilter(_Once("Bypassing sacct error"))
