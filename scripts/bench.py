@@ -71,10 +71,10 @@ def framework(cfg, data: Split, q: str, steps: int, warmup: int, batch: int, cl:
     # conf/q/learned.yaml: the recipe a run uses; q=none: no noise layer
     layer = instantiate(cfg.q).layer(k, {}) if q == "learned" else NoiseLayer(k)
     module = NoisyLabelModule(net, layer, instantiate(cfg.optim.optimizer), instantiate(cfg.optim.scheduler),
-                              num_classes=k, channels_last=cl)  # fmt: skip
+                              num_classes=k, channels_last=cl)
     timer = StepTimer(warmup)
     trainer = instantiate(cfg.trainer, max_steps=steps, max_epochs=-1, logger=False, callbacks=[timer],
-                          enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0)  # fmt: skip
+                          enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0)
     trainer.fit(module, dm)
     return (steps - warmup) * batch / (timer.t1 - timer.t0)
 
@@ -146,14 +146,14 @@ def main() -> None:
         "raw_images_per_s": round(rw, 1), "ratio": round(fw / rw, 3), "learned_q_overhead": round(1 - lq / fw, 3),
         "parallel_processes": n_par, "parallel_images_per_s": round(par, 1), "device": dev, "model": a.model,
         "shape": a.shape, "batch_size": a.batch_size, "steps": a.steps, "repeats": a.repeats,
-    }))  # fmt: skip
+    }))
 
 
 def _setup(a):
     cfg = compose([f"model={a.model}", "q=learned", "run_dir=/tmp/bench", *a.overrides])
     g = torch.Generator().manual_seed(0)
     data = Split(torch.randint(0, 256, (a.n, *a.shape), dtype=torch.uint8, generator=g),
-                 torch.randint(0, 10, (a.n,), generator=g))  # fmt: skip
+                 torch.randint(0, 10, (a.n,), generator=g))
     return cfg, data
 
 

@@ -52,4 +52,4 @@ def run_cli(*args, cwd=None, timeout=300):
     return subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *args],
         capture_output=True, text=True, cwd=cwd or ROOT, timeout=timeout, env=env,
-    )  # fmt: skip
+    )

@@ -37,7 +37,7 @@ def test_documented_overrides_reach_the_config(make_cfg, tmp_path):
             "data=mnist5k", "data.train_size=1000", "noise=flip", "noise.matrix=pair", "level=0.3",
             "q=fixed", "model=convnet_small", "seed=3", "trainer.max_epochs=7",
         )
-    )  # fmt: skip
+    )
     assert (cfg.data.name, cfg.data.train_size, cfg.noise.matrix, cfg.level) == ("mnist5k", 1000, "pair", 0.3)
     assert (config.build(cfg.q, "q").name, cfg.seed, cfg.trainer.max_epochs) == ("fixed", 3, 7)
 
@@ -238,7 +238,7 @@ def test_a_mistake_is_answered_before_torch_and_lightning_are_imported(tmp_path,
             "try:\n    entry()\nexcept SystemExit as e:\n"
             "    heavy = [m for m in ('torch', 'pytorch_lightning', 'wandb', 'matplotlib', 'pandas')"
             " if m in sys.modules]\n"
-            "    print('exit', e.code, 'heavy', heavy)\n")  # fmt: skip
+            "    print('exit', e.code, 'heavy', heavy)\n")
     p = subprocess.run([sys.executable, "-c", code, *args, f"hydra.run.dir={tmp_path}"], capture_output=True,
-                       text=True, timeout=120)  # fmt: skip
+                       text=True, timeout=120)
     assert p.stdout.strip().splitlines()[-1] == "exit 2 heavy []", p.stdout + p.stderr

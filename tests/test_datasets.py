@@ -90,7 +90,7 @@ WRITERS = {
 }
 SHAPES_K = {"cifar100": 100}
 SHAPES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32),
-          "svhn": (3, 32, 32)}  # fmt: skip
+          "svhn": (3, 32, 32)}
 
 
 def test_embedded_sets_and_fixed_test_split():
@@ -139,7 +139,7 @@ def test_missing_data_set_from_the_command_line_is_one_clean_line(tmp_path):
                     ("cifar100", "convnet_cifar"), ("fashion_mnist", "convnet_small"),
                     pytest.param("svhn", "resnet18", marks=pytest.mark.slow),  # a minute each on one CPU thread
                     pytest.param("fashion_mnist", "resnet18", marks=pytest.mark.slow)],
-)  # fmt: skip
+)
 def test_each_data_set_and_network_learns_from_the_files(make_cfg, tmp_path, name, model):
     """Each loader keeps every image with its label and the test split apart: on files whose images carry
     their class as a mark, a few epochs of each network go far below chance on the 20 test images (measured
@@ -147,7 +147,7 @@ def test_each_data_set_and_network_learns_from_the_files(make_cfg, tmp_path, nam
     WRITERS[name](tmp_path / "data")
     r = run(make_cfg(f"data={name}", f"data.root={tmp_path / 'data'}", "data.verify=false", f"model={model}",
                      "data.train_size=180", "data.batch_size=32", "q=fixed", "level=0.2",
-                     f"trainer.max_epochs={3 if model == 'resnet18' else 10}"))  # fmt: skip
+                     f"trainer.max_epochs={3 if model == 'resnet18' else 10}"))
     assert r.dataset == name and r.num_classes == SHAPES_K.get(name, 10) and np.array(r.Q).shape == (r.num_classes,) * 2
     assert r.test_error < 0.6, r.test_error  # chance: 0.9; images parted from their labels stay near it
 
@@ -171,7 +171,7 @@ def test_resnet18_takes_each_data_sets_images(in_shape, small_stem):
 
 
 @pytest.mark.parametrize("n, batch, sizes", [(129, 128, [129]), (257, 128, [128, 129]), (130, 128, [128, 2]),
-                                             (128, 128, [128]), (3, 1, [1, 1, 1])])  # fmt: skip
+                                             (128, 128, [128]), (3, 1, [1, 1, 1])])
 def test_a_training_epoch_has_no_batch_of_one_image(n, batch, sizes):
     """A last training batch of one image joins the one before it (batch norm cannot train on one image with
     1x1 maps); every image is seen once an epoch; evaluation batches and batches of one stay as they are."""
@@ -212,7 +212,7 @@ def test_real_noisy_labels_from_a_cifar10n_style_file(make_cfg, tmp_path):
     torch.save({"clean_label": clean, "worse_label": worse}, tmp_path / "CIFAR-10_human.pt")
     cfg = make_cfg("data=cifar10", f"data.root={tmp_path / 'data'}", "data.verify=false", "model=convnet_cifar",
                    "noise=labels", f"noise.file={tmp_path / 'CIFAR-10_human.pt'}", "noise.column=worse_label",
-                   "data.train_size=150", "q=fixed")  # fmt: skip
+                   "data.train_size=150", "q=fixed")
     r = run(cfg)
     q_true = np.array(r.Q_true)
     assert r.noise == "labels" and r.actual_noise == pytest.approx(r.level)
@@ -253,7 +253,7 @@ def test_truncated_data_set_files_are_a_user_error(tmp_path, name):
     """Files that exist but are cut short (an interrupted copy): the one line saying so, even unverified."""
     files = {"cifar10": [f"cifar-10-batches-py/{f}" for f in (*(f"data_batch_{i}" for i in range(1, 6)),
                                                               "test_batch", "batches.meta")],
-             "svhn": ["train_32x32.mat", "test_32x32.mat"]}[name]  # fmt: skip
+             "svhn": ["train_32x32.mat", "test_32x32.mat"]}[name]
     for f in files:
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / f).write_bytes(b"\x80\x04\x95" if name == "cifar10" else b"MATLAB 5.0 MAT-file" * 3)
@@ -345,7 +345,7 @@ def test_unverified_mnist_files_are_checked_for_what_they_hold(tmp_path):
     good = (raw / "train-labels-idx1-ubyte").read_bytes()
     (raw / "train-labels-idx1-ubyte").write_bytes((raw / "t10k-labels-idx1-ubyte").read_bytes())
     with pytest.raises(UserError, match=rf"^data.root: the mnist training files .* hold {N_TRAIN} images and "
-                       rf"{N_TEST} labels"):  # fmt: skip
+                       rf"{N_TEST} labels"):
         datasets.load("mnist", str(tmp_path), verify=False)
     (raw / "train-labels-idx1-ubyte").write_bytes(good)
     images = raw / "train-images-idx3-ubyte"
@@ -374,7 +374,7 @@ def test_unverified_files_are_inputs_of_the_cell_and_never_an_old_cache(tmp_path
     _idx(labels, (np.arange(N_TRAIN)[::-1] % 10).astype(np.uint8))
     os.utime(labels, ns=(1, 1))  # another file, whatever the clock says
     assert identity.input_hashes(cfg) != before and identity.input_hashes({**cfg, "data": {**cfg["data"],
-           "verify": True}}) == {}  # verified files: the md5s say what they hold  # fmt: skip
+           "verify": True}}) == {}  # verified files: the md5s say what they hold
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -388,7 +388,7 @@ def test_a_broken_training_image_is_one_line_naming_it(make_cfg, tmp_path, worke
     cat = tmp_path / "imgs" / "train" / "cat"
     (cat / "notes.jpg").write_text("not an image")
     with pytest.raises(UserError, match=r"^data.root: 1 of the training images under .*/train cannot be read, e.g. "
-                       r".*notes.jpg"):  # fmt: skip
+                       r".*notes.jpg"):
         datasets.load("imagefolder", str(tmp_path / "imgs"), image_size=32)
     (cat / "notes.jpg").unlink()
     os.symlink(cat / "loop.png", cat / "loop.png")
@@ -414,5 +414,5 @@ def test_unverified_cifar_files_with_malformed_labels_are_one_line(tmp_path, lab
     d["labels"] = labels
     batch.write_bytes(pickle.dumps(d))
     with pytest.raises(UserError, match=r"^data.root: the cifar10 training files under .* (hold labels that are not "
-                       r"whole numbers in \[0, 9\]|hold \d+ images and \d+ labels)"):  # fmt: skip
+                       r"whole numbers in \[0, 9\]|hold \d+ images and \d+ labels)"):
         datasets.load("cifar10", str(tmp_path), verify=False)

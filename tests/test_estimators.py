@@ -157,16 +157,16 @@ def test_the_example_estimator_runs_through_make(tmp_path):
 
     args = f"data=digits data.train_size=1000 trainer.max_epochs=2 logger=none hydra.run.dir={tmp_path / 'run'}"
     p = subprocess.run(["make", "-s", "example-estimator", f"ARGS={args} +q.smoothing=0.5"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)  # fmt: skip
+                       capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     r = json.loads((tmp_path / "run" / "results.json").read_text())
     assert (r["q"], r["trainings"], r["config"]["q"]) == ("confusion", 2, {
-        "_target_": "examples.my_estimator.ConfusionQ", "smoothing": 0.5})  # fmt: skip
+        "_target_": "examples.my_estimator.ConfusionQ", "smoothing": 0.5})
     q_hat = np.array(r["Q"])  # counts + 0.5 each, columns normalised: a stochastic Q with no zero entry
     assert np.allclose(q_hat.sum(0), 1, atol=1e-5) and q_hat.min() > 0
     assert r["q_error"] == pytest.approx(noise.q_error(q_hat, np.array(r["Q_true"])), abs=1e-6)
     bad = subprocess.run(["make", "-s", "example-estimator", f"ARGS={args} +q.smoothing=-1"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+                         capture_output=True, text=True, timeout=300)
     assert "error: q.smoothing: -1" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -181,7 +181,7 @@ def test_hoc_and_trevision_run_and_record_what_they_promise(make_cfg, tmp_path):
     n_train = round(0.9 * len(np.load(tmp_path / "hoc" / "noisy_labels.npy")))
     assert h.fields["sample_size"] == n_train and h.trainings == 2 and [s.name for s in h.stages] == ["plain"]
     assert np.allclose(np.array(h.Q).sum(axis=0), 1.0) and h.q_error == pytest.approx(
-        noise.q_error(np.array(h.Q), np.array(h.Q_true)), abs=1e-6)  # fmt: skip
+        noise.q_error(np.array(h.Q), np.array(h.Q_true)), abs=1e-6)
     t = run(make_cfg("q=trevision", *common, run_dir=tmp_path / "trev"))
     assert t.trainings == 3 and t.q_estimated
     anchor, revised = np.array(t.fields["T_anchor"]), np.array(t.fields["T_revised"])

@@ -26,7 +26,7 @@ def _setup(make_cfg, tmp_path, *overrides, epochs=2):
     train, val = datasets.holdout(noisy.train, cfg.data.val_fraction)
     run_dir = tmp_path / f"run{next(RUNS)}"  # a run folder each (its trainings' checkpoints); one stages folder
     factory = Trainers(cfg, ds.shape, noisy.test, noisy.q_true, noisy.num_classes, run_dir, "test", None,
-                       tmp_path / "stages")  # fmt: skip
+                       tmp_path / "stages")
     return factory, train, val
 
 
@@ -44,7 +44,7 @@ def test_a_stage_is_trained_once_and_reused_only_for_equal_inputs(make_cfg, tmp_
         reused = _plain(again, train2, val2)
         assert not reused.stage.trained and reused.stage.key == first.stage.key and again.count == 0
         assert (reused.test.test_error, reused.val_nll, reused.epochs) == (first.test.test_error, first.val_nll,
-                                                                           first.epochs)  # fmt: skip
+                                                                           first.epochs)
         assert np.array_equal(reused.probs, first.probs) and np.array_equal(reused.test.confusion, first.test.confusion)
         for a, b in zip(first.module.net.state_dict().values(), reused.module.net.state_dict().values(), strict=True):
             assert torch.equal(a, b)
@@ -120,7 +120,7 @@ def test_the_stage_key_is_one_for_equal_inputs_and_another_for_each_changed_inpu
         assert _key(make_cfg, tmp_path, *overrides) == base, overrides
     changed = [("seed=1",), ("level=0.3",), ("data.batch_size=17",), ("data.shift=3",), ("selection=accuracy",),
                ("patience=3",), ("trainer.max_epochs=3",), ("model.hidden=64",), ("optim.optimizer.lr=0.001",),
-               ("protocol.plain.epochs=5",), ("data.val_fraction=0.2",)]  # fmt: skip
+               ("protocol.plain.epochs=5",), ("data.val_fraction=0.2",)]
     keys = {base}
     for overrides in changed:
         key = _key(make_cfg, tmp_path, *overrides)

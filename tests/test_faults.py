@@ -188,7 +188,7 @@ def test_a_run_keeps_the_users_own_files_in_its_folder(make_cfg, tmp_path):
 def test_a_diverged_cell_says_so_and_the_others_run(tmp_path):
     """A divergence is not a user mistake: the sweep's exit status is 1 (launch.SweepStatus)."""
     p = run_cli("-m", *FAST, "q=none", "trainer.max_epochs=2", "optim.optimizer.lr=1e9,0.002",
-                f"hydra.sweep.dir={tmp_path}")  # fmt: skip
+                f"hydra.sweep.dir={tmp_path}")
     assert p.returncode == 1, p.stderr
     assert sum(line.startswith("error: sweep: 1 cell(s) failed") for line in p.stderr.splitlines()) == 1
     assert sum(line.startswith("error: cell ") and "diverged" in line for line in p.stderr.splitlines()) == 1
@@ -241,7 +241,7 @@ def test_the_report_draws_one_curve_per_data_set(tmp_path):
             d.mkdir()
             rec = {"dataset": ds, "noise": "flip", "matrix": "random", "level": 0.5, "q": "learned", "seed": 0,
                    "q_label": "learned Q", "train_size": size, "test_error": 0.1, "early_stopping": False,
-                   "config": {"data": {"name": ds, "train_size": size}}}  # fmt: skip
+                   "config": {"data": {"name": ds, "train_size": size}}}
             (d / RESULTS_FILE).write_text(json.dumps(rec))
     df, _ = report.load_sweep(tmp_path)
     assert sorted(df["method"].unique()) == ["learned Q (digits)", "learned Q (mnist5k)"]
@@ -257,7 +257,7 @@ def test_the_console_script_finds_the_users_module_in_the_current_folder(tmp_pat
     (tmp_path / "my_module.py").write_text("from noisy_convnet.estimators import NoQ as MyQ\n")
     script = Path(sys.executable).parent / "noisy-convnet"  # the console script installed beside this Python
     p = subprocess.run([str(script), *FAST, "q=custom", "q._target_=my_module.MyQ", f"hydra.run.dir={tmp_path / 'r'}"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "r" / RESULTS_FILE).is_file()
 
@@ -289,7 +289,7 @@ def test_hoc_reads_a_feature_file_in_the_pools_order_and_a_changed_one_is_anothe
     features = np.eye(10)[pool.y.numpy()] + 0.01 * np.random.default_rng(0).standard_normal((len(pool), 10))
     np.save(tmp_path / "f.npy", features)
     r = run(make_cfg("q=hoc", f"q.features={tmp_path / 'f.npy'}", "q.rounds=1", "q.steps=300",
-                     "noise.matrix=uniform", "level=0.3"))  # fmt: skip
+                     "noise.matrix=uniform", "level=0.3"))
     assert r.stages == [] and r.trainings == 1  # no plain net: the file's features
     assert r.q_error < 0.3  # clean clusters: HOC finds T from the features of the right images
     np.save(tmp_path / "short.npy", features[:100])
@@ -297,7 +297,7 @@ def test_hoc_reads_a_feature_file_in_the_pools_order_and_a_changed_one_is_anothe
         run(make_cfg("q=hoc", f"q.features={tmp_path / 'short.npy'}", run_dir=tmp_path / "short"))
     np.save(tmp_path / "long.npy", np.concatenate([features, features[:5]]))  # another data set's: more rows
     with pytest.raises(UserError, match=rf"^q.features: {len(pool) + 5} rows; one per image of the data set's pool "
-                       rf"\({len(pool)} images"):  # fmt: skip
+                       rf"\({len(pool)} images"):
         run(make_cfg("q=hoc", f"q.features={tmp_path / 'long.npy'}", run_dir=tmp_path / "long"))
     cfg = {"q": {"features": str(tmp_path / "f.npy")}, "noise": {}}
     before = identity.input_hashes(cfg)

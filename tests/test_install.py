@@ -12,16 +12,16 @@ def test_a_non_editable_install_runs_from_another_directory(tmp_path):
     site, work = tmp_path / "site", tmp_path / "work"
     work.mkdir()
     p = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                        "--target", str(site), str(ROOT)], capture_output=True, text=True, timeout=300)  # fmt: skip
+                        "--target", str(site), str(ROOT)], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     env = {**os.environ, "PYTHONPATH": str(site)}
     args = ["data=digits", "trainer.max_epochs=1", "logger=none", "trainer.enable_progress_bar=false"]
     where = subprocess.run([sys.executable, "-c", "import noisy_convnet; print(noisy_convnet.__file__)"],
-                           cwd=work, env=env, capture_output=True, text=True)  # fmt: skip
+                           cwd=work, env=env, capture_output=True, text=True)
     assert where.stdout.startswith(str(site)), where.stdout  # the installed copy, not the checkout
     for i, cmd in enumerate(([str(site / "bin" / "noisy-convnet")], [sys.executable, "-m", "noisy_convnet"])):
         p = subprocess.run([*cmd, *args, f"hydra.run.dir=run{i}"], cwd=work, env=env, capture_output=True,
-                           text=True, timeout=300)  # fmt: skip
+                           text=True, timeout=300)
         assert p.returncode == 0, p.stderr
         record = json.loads((work / f"run{i}" / "results.json").read_text())
         assert record["dataset"] == "digits"
@@ -37,7 +37,7 @@ def test_the_makefiles_folders_may_hold_spaces():
 
     for target in ("data", "figures-real", "estimators-mnist", "peers-mnist"):
         p = subprocess.run(["make", "-n", target, "DATA_ROOT=/tmp/my data", "FIGURES=/tmp/my figs", "PEERS=patrini"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stderr
         if target == "peers-mnist":  # a shell loop: its line is quoted as the others'
             assert '"data.root=/tmp/my data"' in p.stdout and '--out "/tmp/my figs/peers_mnist"' in p.stdout
@@ -66,7 +66,7 @@ def test_the_record_names_what_differs_from_the_lock(tmp_path):
 
     lock = tmp_path / "requirements.lock"
     lock.write_text(f"# comment\nnumpy==0.0.1 \\\n    --hash=sha256:00\nomegaconf=={version('omegaconf')} \\\n"
-                    "    --hash=sha256:00\nno-such-package==1.0\n")  # fmt: skip
+                    "    --hash=sha256:00\nno-such-package==1.0\n")
     differ = {"numpy": f"0.0.1 locked, {version('numpy')} installed", "no-such-package": "1.0 locked, none installed"}
     assert from_lock(lock) == {"locked": False, "unlocked": differ}
     assert from_lock(tmp_path / "none.lock") == {"locked": None}

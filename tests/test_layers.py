@@ -14,7 +14,7 @@ K = 5
 def learned(k, **kw):
     """A LearnedNoiseLayer with every term off unless given (the layer takes no defaults of its own)."""
     off = {"param": "softmax", "init_flip": 0.5, "lr": None, "reg_weight": 0.0, "warmup_epochs": 0,
-           "regulariser": "ridge", "balance_weight": 0.0}  # fmt: skip
+           "regulariser": "ridge", "balance_weight": 0.0}
     return LearnedNoiseLayer(k, **(off | kw))
 
 

@@ -55,7 +55,7 @@ def test_eq8_with_labelled_outliers_is_non_singular_and_its_columns_sum_to_one()
     "kw, key",
     [({"ratio": -1.0}, "noise.outlier_ratio"), ({"labelled": 5000}, "noise.labelled_outliers"),
      ({"source": "webcam"}, "noise.outlier_source"), ({"inlier_classes": 10}, "noise.inlier_classes")],
-)  # fmt: skip
+)
 def test_bad_outlier_settings_are_user_errors(mnist, kw, key):
     with pytest.raises(UserError, match=f"^{key}: "):
         _compose(mnist, **kw)
@@ -64,9 +64,9 @@ def test_bad_outlier_settings_are_user_errors(mnist, kw, key):
 @pytest.mark.parametrize("q", ["none", "fixed"])
 def test_outlier_run_reports_inlier_error_and_ap(make_cfg, tmp_path, q):
     r = run(make_cfg("noise=outlier", f"q={q}", "data.train_size=500", "noise.labelled_outliers=20",
-                     "trainer.max_epochs=3", run_dir=tmp_path / q))  # fmt: skip
+                     "trainer.max_epochs=3", run_dir=tmp_path / q))
     assert (r.fields["n_in"], r.fields["n_out"], r.fields["labelled_outliers"], r.fields["outlier_ratio"]) == (
-        500, 500, 20, 1.0)  # fmt: skip
+        500, 500, 20, 1.0)
     assert 0 <= r.test_error <= 1 and 0.5 < r.inlier_ap <= 1
     assert np.array(r.Q_true).shape == (6, 6) and r.trainings == 1
     assert len(r.pr_curve["precision"]) == len(r.pr_curve["recall"]) > 10
@@ -83,7 +83,7 @@ def test_another_data_sets_images_as_outliers(make_cfg, tmp_path):
     cifar = ["data=cifar10", f"data.root={tmp_path / 'data'}", "data.verify=false", "model=convnet_cifar"]
     outl = ["noise=outlier", "noise.outlier_source=cifar100", "noise.outlier_ratio=1.0"]
     r = run(make_cfg(*cifar, *outl, "data.train_size=100", "noise.labelled_outliers=20", "q=fixed",
-                     "data.batch_size=16", "trainer.max_epochs=10"))  # fmt: skip
+                     "data.batch_size=16", "trainer.max_epochs=10"))
     assert (r.fields["n_in"], r.fields["n_out"], r.fields["outlier_source"]) == (100, 100, "cifar100")
     assert r.inlier_ap > 0.9 and r.test_error < 0.6, (r.inlier_ap, r.test_error)
 
@@ -148,7 +148,7 @@ def test_outliers_with_an_image_folder_stay_files_read_by_its_transform(make_cfg
         r = run(make_cfg(*folder, "noise=outlier", f"noise.outlier_source={src}", "noise.inlier_classes=2",
                          "data.train_size=16", "noise.outlier_ratio=0.25", "noise.labelled_outliers=2",
                          "data.batch_size=8", "model=convnet_cifar", "q=fixed",
-                         run_dir=tmp_path / "run" / str(len(src))))  # fmt: skip
+                         run_dir=tmp_path / "run" / str(len(src))))
         assert r.fields["n_out"] == 4 and 0.0 <= r.inlier_ap <= 1.0 and 0.0 <= r.test_error <= 1.0
 
 
@@ -160,7 +160,7 @@ def test_outlier_noise_with_a_matrix_file_flips_the_inliers_at_the_files_level(m
     path = tmp_path / "q.npy"
     np.save(path, noise.uniform(5, 0.4))
     r = run(make_cfg("noise=outlier", f"noise.matrix={path}", "data.train_size=500", "noise.labelled_outliers=20",
-                     "q=none", "trainer.max_epochs=1", run_dir=tmp_path / "run"))  # fmt: skip
+                     "q=none", "trainer.max_epochs=1", run_dir=tmp_path / "run"))
     assert r.level == pytest.approx(0.4) and r.matrix == str(path)
     q_true = np.array(r.Q_true)
     np.testing.assert_allclose(q_true[:5, :5] / q_true[:5, :5].sum(0), noise.uniform(5, 0.4), atol=1e-9)

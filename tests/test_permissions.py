@@ -36,7 +36,7 @@ def _as_user(args: list[str], cwd: Path, timeout: int = 300):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     drop = _without_root_powers if os.geteuid() == 0 else None
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=timeout, preexec_fn=drop)  # fmt: skip
+                          timeout=timeout, preexec_fn=drop)
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_the_report_in_a_read_only_place_is_one_line(place):
     for folder in (sweep, read_only):
         folder.chmod(0o555)
     for args, key in [([], "sweep_dir (the report's default place: give --out)"), (["--out", str(read_only)], "--out"),
-                      (["--out", str(read_only / "new")], "--out")]:  # fmt: skip
+                      (["--out", str(read_only / "new")], "--out")]:
         p = _as_user(["-m", "noisy_convnet.report", str(sweep), *args], place)
         _one_line(p, f"error: {key}: cannot write in '{args[-1] if args else sweep}' (Permission denied)")
     assert not (sweep / "results.csv").exists() and list(read_only.iterdir()) == []
@@ -117,7 +117,7 @@ def test_a_wandb_server_that_refuses_the_run(tmp_path, not_wandb, mode):
     """WANDB_API_KEY set, the server reachable but refusing: the run goes on offline with one warning; with
     WANDB_MODE=online (the user asked for online) it stops with one line before training."""
     env = {**os.environ, "WANDB_API_KEY": "0" * 40, "WANDB_BASE_URL": not_wandb, "HOME": str(tmp_path),
-           "WANDB_MODE": mode or ""}  # fmt: skip
+           "WANDB_MODE": mode or ""}
     if mode is None:
         env.pop("WANDB_MODE")
     args = [sys.executable, str(ROOT / "train.py"), *FAST, "q=none", "logger=wandb", f"hydra.run.dir={tmp_path}/run"]

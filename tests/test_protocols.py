@@ -122,7 +122,7 @@ def test_a_protocol_gives_each_stage_its_own_settings_and_the_record_names_them(
     plain = f"protocol.plain={{epochs: 2, optim: {{optimizer: {sgd}, scheduler: null}}}}"
     revision = f"protocol.revision={{epochs: 1, early_stopping: false, optim: {{optimizer: {adam}, scheduler: null}}}}"
     r = run(make_cfg("q=trevision", "early_stopping=true", "patience=null", "selection=accuracy",
-                     "protocol.name=mine", plain, revision))  # fmt: skip
+                     "protocol.name=mine", plain, revision))
     stages = r.protocol["trainings"]
     assert r.protocol["name"] == "mine" and [s["role"] for s in stages] == ["plain", "reweight", "revision"]
     assert [s["epochs"] for s in stages] == [2, 1, 1]
@@ -136,7 +136,7 @@ def test_volmin_can_learn_q_by_an_optimiser_of_its_own(make_cfg):
     """protocol.q_optimizer=adam: VolMinNet's Q trains by Adam (its moments in the checkpointed state) while
     the network trains by the run's SGD; Q moves off its start."""
     r = run(make_cfg("q=volmin", "optim=sgd_step", "protocol.q_optimizer=adam", "noise.matrix=uniform", "level=0.2",
-                     "trainer.max_epochs=3"))  # fmt: skip
+                     "trainer.max_epochs=3"))
     assert r.config["q"]["optimizer"] == "adam" and r.protocol["trainings"][0]["q_optimizer"] == "adam"
     layer_start = np.eye(10) + 0.1192 * (1 - np.eye(10))
     assert np.abs(np.array(r.Q) - layer_start / layer_start.sum(0)).max() > 1e-3
@@ -189,13 +189,13 @@ def test_the_report_compares_each_estimator_under_its_protocol_with_the_shared_o
     from noisy_convnet import report
 
     mine = ("protocol.name=mine", "protocol.estimator=anchor", "early_stopping=true", "selection=accuracy",
-            "patience=null", "trainer.max_epochs=4")  # fmt: skip
+            "patience=null", "trainer.max_epochs=4")
     runs = {
         ("shared", "anchor"): ["q=anchor"], ("shared", "fixed"): ["q=fixed"], ("shared", "volmin"): ["q=volmin"],
         ("shared", "none+es"): ["q=none", "early_stopping=true"], ("mine", "anchor"): ["q=anchor", *mine],
         ("mine", "fixed"): ["q=fixed", *mine], ("mine", "volmin"): ["q=volmin", *mine],
         ("mine", "none"): ["q=none", *mine],
-    }  # fmt: skip
+    }
     e = {}
     for (protocol, name), overrides in runs.items():
         folder = tmp_path / "sweep" / f"{protocol}-{name}"

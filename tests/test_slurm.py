@@ -35,7 +35,7 @@ def _why_no_cluster() -> str | None:
 
 
 WHY = _why_no_cluster()
-pytestmark = pytest.mark.skipif(WHY is not None, reason=WHY or "")
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(WHY is not None, reason=WHY or "")]
 
 CELL = ["data=digits", "logger=none", "trainer.enable_progress_bar=false", "threads=1", "seed=0"]
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
@@ -43,7 +43,7 @@ SLURM = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launch
 
 def _sweep(sweep, *args, slurm=True, timeout=600, wait=True):
     cmd = [sys.executable, str(ROOT / "train.py"), "-m", *CELL, *(SLURM if slurm else []), *args,
-           f"hydra.sweep.dir={sweep}"]  # fmt: skip
+           f"hydra.sweep.dir={sweep}"]
     if not wait:
         return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
@@ -60,7 +60,7 @@ def _records(sweep) -> dict:
 def _said(sweep, text: str) -> bool:
     """Whether a cell's log (its job's output, its Hydra log) says ``text``."""
     return any(text in p.read_text(errors="replace") for p in sweep.rglob("*") if p.is_file() and
-               p.suffix in (".out", ".err", ".log"))  # fmt: skip
+               p.suffix in (".out", ".err", ".log"))
 
 
 def test_a_slurm_sweep_gives_the_records_of_the_same_sweep_run_here(tmp_path):
@@ -133,7 +133,7 @@ def test_a_cell_at_its_time_limit_is_requeued_and_finishes(tmp_path):
     cell = ["q=learned", "trainer.max_epochs=400"]  # longer than 20 s on the digits
     with _StartRequeuedAtOnce(tmp_path / "slurm"):
         p = _sweep(tmp_path / "slurm", *cell, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=40",
-                   "hydra.launcher.max_num_timeout=5")  # fmt: skip
+                   "hydra.launcher.max_num_timeout=5")
     assert p.returncode == 0, p.stderr[-3000:]
     assert _said(tmp_path / "slurm", "resumes from")
     here = _sweep(tmp_path / "here", *cell, slurm=False)
@@ -151,7 +151,7 @@ def test_a_failed_cell_is_the_sweeps_exit_status(tmp_path):
 
 @pytest.mark.parametrize("ask, key", [("hydra.launcher.partition=nope", "partition"),
                                       ("hydra.launcher.mem_gb=100000", "mem_gb"),
-                                      ("trainer=gpu", "gpus_per_node")])  # fmt: skip
+                                      ("trainer=gpu", "gpus_per_node")])
 def test_a_request_slurm_refuses_is_one_line_naming_the_key(tmp_path, ask, key):
     p = _sweep(tmp_path, ask, "trainer.max_epochs=1")
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-3000:]

@@ -52,7 +52,7 @@ def test_slurm_launcher_settings_reach_submitit(tmp_path, monkeypatch):
     import submitit
 
     cfg = _compose("hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=120",
-                   f"hydra.sweep.dir={tmp_path}", "run_dir=/tmp/unused")  # fmt: skip
+                   f"hydra.sweep.dir={tmp_path}", "run_dir=/tmp/unused")
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     seen = {}
 
@@ -107,7 +107,7 @@ def test_a_joblib_sweep_trains_in_workers_that_stop_when_it_is_killed(tmp_path):
                               "trainer.max_epochs=400", "level=0.1,0.2", "logger=none",
                               "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path}"],
                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)  # fmt: skip
+                             start_new_session=True)
     try:
         deadline = time.time() + 120
         while len(list(tmp_path.glob("*/checkpoints/training1/last.ckpt"))) < 2 and time.time() < deadline:
@@ -139,14 +139,14 @@ def test_a_rerun_with_a_default_spelled_out_reruns_nothing(tmp_path_factory):
     np.save(files / "Q.npy", noise.uniform(10, 0.3))
     args = [sys.executable, str(ROOT / "train.py"), "-m", "data=digits", "trainer.max_epochs=1", "q=none,fixed",
             f"noise.matrix={files / 'Q.npy'}", "logger=none", "trainer.enable_progress_bar=false",
-            f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
+            f"hydra.sweep.dir={tmp_path}"]
     first = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     cells = sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and p.name != "stages")
     assert len(cells) == 2 and all((tmp_path / c / RESULTS_FILE).is_file() for c in cells)  # no nested folders
     assert all("noise.matrix=%2F" in c for c in cells)
     again = subprocess.run([*args, "data.val_fraction=0.1", "seed=0"], cwd=ROOT, capture_output=True, text=True,
-                           timeout=300)  # fmt: skip
+                           timeout=300)
     assert again.returncode == 0, again.stderr
     assert (again.stdout + again.stderr).count("already finished, skipped") == 2
     assert sorted(p.parent.name for p in tmp_path.glob(f"*/{RESULTS_FILE}")) == cells
@@ -162,9 +162,9 @@ def test_a_rerun_with_a_default_spelled_out_reruns_nothing(tmp_path_factory):
 def test_the_same_cell_started_twice_at_once_trains_once(tmp_path):
     """Two identical runs (or sweeps) started together: the second waits for the first, then skips."""
     args = [sys.executable, str(ROOT / "train.py"), "data=digits", "trainer.max_epochs=15", "logger=none",
-            "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}"]  # fmt: skip
+            "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}"]
     runs = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for _ in range(2)]  # fmt: skip
+            for _ in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in runs]
     assert [p.returncode for p in runs] == [0, 0], outs
     assert sum("already finished, skipped" in out for out in outs) == 1
@@ -218,14 +218,14 @@ def test_a_finished_cell_is_skipped(make_cfg, tmp_path):
 
 
 SWEEP = ["-m", "data=digits", "trainer.max_epochs=1", "q=none,fixed", "level=0.2,0.4,0.6",
-         "logger=none", "trainer.enable_progress_bar=false"]  # fmt: skip
+         "logger=none", "trainer.enable_progress_bar=false"]
 NUMBERS = ["q", "level", "seed", "test_error", "actual_noise", "q_error", "val_nll"]
 
 
 def _sweep(sweep_dir):
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *SWEEP, f"hydra.sweep.dir={sweep_dir}"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
+                            start_new_session=True)
 
 
 def _rows(sweep_dir):
@@ -267,7 +267,7 @@ def _fake_record(q, level, size, seed, err, **extra):
             "actual_noise": level, "Q_true": q_true.tolist(), "Q": None if q == "none" else q_true.tolist(),
             "q_error": None if q == "none" else 0.1, "confusion": np.eye(k).tolist(), "train_images_per_s": 1.0,
             "wall_s": 1.0, "config": {"seed": seed, "level": level, "data": {"name": "mnist5k", "train_size": size}},
-            **extra}  # fmt: skip
+            **extra}
 
 
 def test_report_on_a_synthetic_sweep_with_a_broken_and_a_missing_run(tmp_path, capsys):
@@ -315,7 +315,7 @@ def test_report_draws_fig4_from_outlier_runs(tmp_path):
             d.mkdir()
             rec = _fake_record(q, 0.0, 1000, 0, 0.02 + 0.01 * ratio, noise="outlier", outlier_ratio=ratio,
                                inlier_ap=0.99 if q == "fixed" else 0.98,
-                               pr_curve={"precision": [1.0, 0.9, 0.5], "recall": [0.0, 0.8, 1.0]})  # fmt: skip
+                               pr_curve={"precision": [1.0, 0.9, 0.5], "recall": [0.0, 0.8, 1.0]})
             (d / RESULTS_FILE).write_text(json.dumps(rec))
     assert report.main([str(tmp_path)]) == 0
     assert (tmp_path / "fig4a_outliers.png").is_file() and (tmp_path / "fig4b_inlier_pr.png").is_file()
@@ -342,7 +342,7 @@ def test_a_cell_of_a_parallel_sweep_equals_the_same_cell_run_alone(make_cfg, tmp
     common = ["data=digits", "trainer.max_epochs=2", "logger=none", "trainer.enable_progress_bar=false"]
     p = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *common, "q=none,learned",
                         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     (cell,) = (tmp_path / "sweep").glob(f"*q=learned*/{RESULTS_FILE}")
     threads = torch.get_num_threads()
@@ -370,7 +370,7 @@ def test_report_compares_estimators_with_paired_differences(tmp_path):
                 for seed in (0, 1, 2):
                     err = off - (0.1 if es else 0.0) + 0.02 * seed + (0.05 if matrix == "pair" else 0.0)
                     rec = _fake_record(q, 0.5, 4000, seed, err, matrix=matrix, early_stopping=es,
-                                       q_label={"none": "no noise layer", "fixed": "fixed Q*"}.get(q, q))  # fmt: skip
+                                       q_label={"none": "no noise layer", "fixed": "fixed Q*"}.get(q, q))
                     d = tmp_path / f"{matrix},q={q},es={es},seed={seed}"
                     d.mkdir()
                     (d / RESULTS_FILE).write_text(json.dumps(rec))
@@ -387,7 +387,7 @@ def test_report_compares_estimators_with_paired_differences(tmp_path):
     assert "vs fixed Q*" in (tmp_path / "out" / "comparison.md").read_text()
     w = report.wide(df).set_index("estimator")  # rows by curve: the baselines first, whatever their labels
     assert list(w.index) == ["no noise layer", "no noise layer + early stopping", "fixed Q*", "learned", "anchor",
-                             "volmin"]  # fmt: skip
+                             "volmin"]
     assert (
         w.loc["anchor", "pair 0.5"] == "27.0 +- 2.0 (0.10)" and w.loc["no noise layer", "uniform 0.5"] == "32.0 +- 2.0"
     )
@@ -450,7 +450,7 @@ def test_report_leaves_out_what_is_not_a_result_and_warns_about_mixed_cells(tmp_
     good = _fake_record("none", 0.5, 1000, 0, 0.2)
     no_seed = {k: v for k, v in good.items() if k != "seed"}  # a row the tables cannot place: left out, not a KeyError
     bad = {"list": [], "empty": {}, "no_seed": no_seed, "nan": {**good, "test_error": float("nan")},
-           "dev": {**good, "config": {**good["config"], "trainer": {"fast_dev_run": True}}}}  # fmt: skip
+           "dev": {**good, "config": {**good["config"], "trainer": {"fast_dev_run": True}}}}
     for name, rec in {"good": good, **bad}.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / RESULTS_FILE).write_text(json.dumps(rec))
@@ -488,7 +488,7 @@ def test_one_bad_cell_does_not_stop_the_sweep_and_the_sweep_says_it_failed(tmp_p
     """The other cells run; the command ends with one line naming the failed cell and exit status 2 (a user
     mistake), whichever launcher ran the cells; a sweep whose cells all succeed exits 0."""
     p = run_cli("-m", "data=digits", "trainer.max_epochs=1", "level=1.5,0.3", "logger=none",
-                "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path}", *launcher)  # fmt: skip
+                "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path}", *launcher)
     assert "error: cell data=digits,level=1.5,trainer.max_epochs=1: level: 1.5 is not allowed" in p.stderr
     assert "Traceback" not in p.stderr
     assert [d.parent.name for d in tmp_path.glob(f"*/{RESULTS_FILE}")] == ["data=digits,level=0.3,trainer.max_epochs=1"]
@@ -497,7 +497,7 @@ def test_one_bad_cell_does_not_stop_the_sweep_and_the_sweep_says_it_failed(tmp_p
     assert len(summary) == 1 and "1 cell(s) failed (data=digits,level=1.5,trainer.max_epochs=1)" in summary[0]
     assert not (tmp_path / ".failed").exists()  # the notes are read and removed
     good = run_cli("-m", "data=digits", "trainer.max_epochs=1", "level=0.3", "logger=none",
-                   "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path}", *launcher)  # fmt: skip
+                   "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path}", *launcher)
     assert good.returncode == 0 and "error" not in good.stderr, good.stderr
 
 
@@ -511,7 +511,7 @@ def test_report_logs_to_wandb_offline_without_a_key(tmp_path):
     # in its own process, as a user runs it: W&B keeps process-wide state that would reach later tests
     env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"} | {"HOME": str(tmp_path)}
     p = subprocess.run([sys.executable, "-m", "noisy_convnet.report", str(tmp_path / "sweep"), "--wandb"],
-                       env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+                       env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     (run_dir,) = (tmp_path / "sweep" / "wandb").glob("offline-run-*")
     data = next(run_dir.glob("run-*.wandb")).read_bytes()
@@ -522,7 +522,7 @@ def test_the_plain_net_is_trained_once_for_none_early_stopped_anchor_and_dualt(t
     """anchor and dualt run at once (joblib) and need the same early-stopped plain net: one trains it, the
     other waits and reuses it, and so does none + early stopping, in a second command into the same sweep."""
     base = ["-m", "data=digits", "trainer.max_epochs=3", "logger=none", "trainer.enable_progress_bar=false",
-            f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
+            f"hydra.sweep.dir={tmp_path}"]
     both = run_cli(*base, "q=anchor,dualt", "hydra/launcher=joblib")
     assert both.returncode == 0, both.stderr
     alone = run_cli(*base, "q=none", "early_stopping=true", "hydra/launcher=joblib")  # as make estimators-cpu
@@ -564,7 +564,7 @@ def test_the_report_tables_the_test_error_of_each_stage_an_estimator_records(tmp
     tested net's, mean +- sd over seeds, per setting and estimator; a sweep without them has no stages.md."""
     for seed, (plain, weighted, tested) in enumerate([(0.40, 0.30, 0.20), (0.50, 0.20, 0.10)]):
         rec = _fake_record("trevision", 0.5, 1000, seed, tested, plain_test_error=plain,
-                           reweighted_test_error=weighted)  # fmt: skip
+                           reweighted_test_error=weighted)
         (tmp_path / "sweep" / f"s{seed}").mkdir(parents=True)
         (tmp_path / "sweep" / f"s{seed}" / RESULTS_FILE).write_text(json.dumps(rec))
     assert report.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
@@ -577,7 +577,7 @@ def test_the_report_tables_the_test_error_of_each_stage_an_estimator_records(tmp
         " tested      ",
     ]
     assert [c.strip() for c in rows[2].split("|")[1:-1]] == ["random 0.5", "trevision", "45.0 +- 7.1", "25.0 +- 7.1",
-                                                             "15.0 +- 7.1"]  # fmt: skip
+                                                             "15.0 +- 7.1"]
     none = _fake_record("none", 0.5, 1000, 0, 0.3)
     (tmp_path / "plain" / "a").mkdir(parents=True)
     (tmp_path / "plain" / "a" / RESULTS_FILE).write_text(json.dumps(none))

@@ -14,7 +14,7 @@ from .conftest import run_cli
 FIELDS = {
     "dataset", "num_classes", "train_size", "noise", "matrix", "level", "q", "seed", "epochs", "test_error",
     "actual_noise", "Q_true", "Q", "q_error", "confusion", "train_images_per_s", "wall_s", "trainings", "q_label",
-}  # fmt: skip
+}
 
 
 def test_cli_run_writes_results_with_every_field(tmp_path):
@@ -22,7 +22,7 @@ def test_cli_run_writes_results_with_every_field(tmp_path):
     p = run_cli(
         "data=digits", "noise=flip", "level=0.5", "q=learned", "trainer.max_epochs=2",
         "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}",
-    )  # fmt: skip
+    )
     assert p.returncode == 0, p.stderr
     assert "test error" in p.stdout and str(run_dir / "results.json") in p.stdout
     r = json.loads((run_dir / "results.json").read_text())
@@ -71,7 +71,7 @@ def test_early_stopping_keeps_the_best_model_and_may_stop_early(make_cfg, tmp_pa
 
     monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: None)  # keep the checkpoints to compare with
     r = run(make_cfg("q=none", "early_stopping=true", "patience=1", "trainer.max_epochs=30", "level=0.6",
-                     "save_model=true"))  # fmt: skip
+                     "save_model=true"))
     assert r.early_stopping is True and r.epochs < 30
     (ckpts,) = (tmp_path / "run" / "stages").glob("plain-*/checkpoints")  # the shared early-stopped plain net
     (best,) = ckpts.glob("best-*.ckpt")
@@ -150,7 +150,7 @@ def test_reference_numbers_mnist5k_random_level_half(make_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("logger, pattern", [("csv", "csv/metrics.csv"), ("tensorboard", "tensorboard/events.*"),
-                                             ("wandb", "wandb/offline-run-*")])  # fmt: skip
+                                             ("wandb", "wandb/offline-run-*")])
 def test_each_logger_writes_under_the_run_dir(make_cfg, tmp_path, monkeypatch, logger, pattern):
     # No API key and no ~/.netrc: W&B must fall back to offline instead of asking for a login.
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -271,9 +271,9 @@ def test_a_training_killed_at_epoch_5_resumes_there_and_ends_as_an_uninterrupted
 
     def go(mode, run_dir, *extra):
         args = ["data=digits", *q.split(), "trainer.max_epochs=10", "threads=1", "logger=none",
-                "trainer.enable_progress_bar=false", f"run_dir={run_dir}", *extra]  # fmt: skip
+                "trainer.enable_progress_bar=false", f"run_dir={run_dir}", *extra]
         return subprocess.run([sys.executable, "-c", KILL_AT_EPOCH_5, mode, *args], capture_output=True, text=True,
-                              timeout=300)  # fmt: skip
+                              timeout=300)
 
     assert go("run", tmp_path / "whole").returncode == 0
     killed = go(f"kill:{victim}", tmp_path / "cut")

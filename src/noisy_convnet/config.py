@@ -40,7 +40,7 @@ OmegaConf.register_new_resolver("estimators", lambda: ",".join(NAMES), replace=T
 # conf/hydra/launcher/slurm.yaml sizes a cell's request by its trainer: ${if_gpu:${trainer.accelerator},a,b} is
 # a with trainer=gpu, b otherwise (a CPU cell asks for no GPU, which a CPU partition refuses)
 OmegaConf.register_new_resolver("if_gpu", lambda accelerator, gpu, cpu: gpu if accelerator == "gpu" else cpu,
-                                replace=True)  # fmt: skip
+                                replace=True)
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package
 # Config groups a user picks by name on the command line (``group=option``).
@@ -149,7 +149,7 @@ def user_error(e: Exception, overrides: list[str] | tuple[str, ...] = ()) -> Use
     if isinstance(e, OverrideParseException) and tilde:  # Hydra's grammar has no unquoted ~
         key, value = tilde[0].split("=", 1)
         return UserError(f"{key.lstrip('+~')}: Hydra reads ~ only inside quotes; write \"{key}='{value}'\" (expanded "
-                         "to your home folder) or give the full path")  # fmt: skip
+                         "to your home folder) or give the full path")
     if isinstance(e, (ConfigCompositionException, OverrideParseException, OmegaConfBaseException)):
         return UserError(f"overrides: {str(e).splitlines()[0]}")
     if type(e).__name__ == "FailedJobError" and "sbatch: error:" in str(e):  # submitit: SLURM refused the jobs
@@ -158,13 +158,13 @@ def user_error(e: Exception, overrides: list[str] | tuple[str, ...] = ()) -> Use
     if oserror is not None and _raised_by_hydra(e):  # making its output folder, its log file, .hydra/
         key = "hydra.sweep.dir" if {"-m", "--multirun"} & set(overrides) else "hydra.run.dir"
         return UserError(f"{key}: cannot write '{oserror.filename}' ({oserror.strerror}); give a directory that "
-                         "can be created and written")  # fmt: skip
+                         "can be created and written")
     return None
 
 
 # sbatch's refusals, by the words of its message, and the hydra.launcher key that asked for it
 SBATCH_KEYS = (("partition", "partition"), ("gres", "gpus_per_node"), ("gpu", "gpus_per_node"),
-               ("memory", "mem_gb"), ("time limit", "timeout_min"), ("cpu", "cpus_per_task"))  # fmt: skip
+               ("memory", "mem_gb"), ("time limit", "timeout_min"), ("cpu", "cpus_per_task"))
 
 
 def _sbatch_refused(message: str) -> UserError:
@@ -172,7 +172,7 @@ def _sbatch_refused(message: str) -> UserError:
     said = next((e for e in errors if not e.startswith("Batch job submission failed")), errors[0])
     key = next((k for words, k in SBATCH_KEYS if words in said.lower()), None)
     return UserError(f"hydra.launcher.{key or '*'}: SLURM refused the cells' jobs ({said}); ask for what the cluster "
-                     "has (sinfo -N -l shows its partitions and nodes)")  # fmt: skip
+                     "has (sinfo -N -l shows its partitions and nodes)")
 
 
 def _raised_by_hydra(e: Exception) -> bool:
@@ -241,7 +241,7 @@ def built(obj, node: DictConfig, key: str, base: type, method: str):
         raise UserError(f"{key}._target_: '{target}' builds {kind}, not a {what}; name a subclass of it")
     if getattr(type(obj), method) is getattr(base, method):
         raise UserError(f"{key}._target_: '{target}' does not implement {method}(); name a subclass of {what} "
-                        f"that does")  # fmt: skip
+                        f"that does")
     return obj
 
 
@@ -271,7 +271,7 @@ CHECKS = (
         "trainer.devices",
         lambda v: v in (1, "1", "auto"),
         "1: one CPU process or one GPU per run (parallel runs: hydra/launcher=joblib)",
-    ),  # fmt: skip
+    ),
     ("optim.optimizer.lr", lambda v: _number(v) and v > 0, "a finite number > 0"),
     ("optim.optimizer.weight_decay", lambda v: v is None or _number(v) and v >= 0, "a finite number >= 0"),
     ("optim.optimizer.momentum", lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
@@ -287,7 +287,7 @@ CHECKS = (
         lambda v: v is True,
         "true only: a killed run resumes from its checkpoints (deleted once results.json is written; "
         "save_model=true keeps the final weights)",
-    ),  # fmt: skip
+    ),
 )
 
 
@@ -298,7 +298,7 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 # Trainer keys that would train, validate or test on part of the data (or skip validation epochs that early
 # stopping and the validation NLL rely on)
 PARTIAL = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
-           "check_val_every_n_epoch", "val_check_interval", "overfit_batches", "max_steps", "max_time")  # fmt: skip
+           "check_val_every_n_epoch", "val_check_interval", "overfit_batches", "max_steps", "max_time")
 
 
 def _check_trainer(cfg: DictConfig) -> None:
@@ -326,7 +326,7 @@ def _check_trainer(cfg: DictConfig) -> None:
     device = training_device(cfg).type
     if precision not in PRECISIONS[device]:
         raise UserError(f"trainer.precision: {precision!r} is not allowed on {device}; "
-                        f"{_allowed(PRECISIONS[device])}")  # fmt: skip
+                        f"{_allowed(PRECISIONS[device])}")
     fast = cfg.trainer.get("fast_dev_run", False)
     if not isinstance(fast, bool) and not (_number(fast, True) and fast >= 1):
         raise UserError(f"trainer.fast_dev_run: {fast!r} is not allowed; true, false or a number of batches >= 1")
@@ -408,7 +408,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         for key in ("image_size", "num_workers"):
             if cfg.data[key] != getattr(DataConf, key):
                 raise UserError(f"data.{key}: only data=imagefolder reads it (data={cfg.data.name} loads its images "
-                                "into memory); leave it out")  # fmt: skip
+                                "into memory); leave it out")
     if cfg.early_stopping and cfg.data.val_fraction == 0:
         raise UserError("early_stopping: needs a validation slice; set data.val_fraction > 0")
     from .estimators import QEstimator

@@ -158,7 +158,7 @@ class TensorDataModule(pl.LightningDataModule):
             self._loaders[name] = TensorBatches(
                 on_device, self.batch_size, mean, std, shuffle=train, shift=self.shift if train else 0,
                 seed=self.seed, channels_last=self.channels_last, epoch_of=epoch_of,
-            )  # fmt: skip
+            )
 
     def train_dataloader(self):
         return self._loaders["train"]
@@ -203,7 +203,7 @@ class FolderDataModule(pl.LightningDataModule):
         seed: int,
         channels_last: bool = False,
         predict: Split | None = None,
-    ):  # fmt: skip  (one home: config.DataConf)
+    ):  # one home: config.DataConf
         super().__init__()
         self.splits = {"train": train, "val": val, "test": test}
         if predict is not None:
@@ -214,11 +214,11 @@ class FolderDataModule(pl.LightningDataModule):
     def _loader(self, name: str, shuffle: bool):
         split = self.splits[name]
         batches = {"batch_sampler": EpochBatches(len(split), self.batch_size, self.seed)} if shuffle else {
-            "batch_size": self.batch_size}  # fmt: skip
+            "batch_size": self.batch_size}
         return torch.utils.data.DataLoader(
             _Relabelled(split), **batches, num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.seed),
-        )  # fmt: skip
+        )
 
     def train_dataloader(self):
         return self._loader("train", True)

@@ -115,7 +115,7 @@ TORCHVISION = {
 
 # What each torchvision set reads under root: with data.verify=false these are a cell's inputs (identity.py)
 READS = {"mnist": ("MNIST/raw",), "fashion_mnist": ("FashionMNIST/raw",), "svhn": ("train_32x32.mat", "test_32x32.mat"),
-         "cifar10": ("cifar-10-batches-py",), "cifar100": ("cifar-100-python",)}  # fmt: skip
+         "cifar10": ("cifar-10-batches-py",), "cifar100": ("cifar-100-python",)}
 
 
 def _torchvision(name: str, root: str, download: bool, verify: bool) -> Dataset:
@@ -136,7 +136,7 @@ def _torchvision(name: str, root: str, download: bool, verify: bool) -> Dataset:
         if "not found" not in str(e).lower():  # the files are there, but cut short (a shape that does not fit)
             raise UserError(f"data.root: the {name} files under '{root}' ({files}) are cut short or not in "
                             f"torchvision's format ({str(e).splitlines()[0][:120]}); get them again with "
-                            "data.download=true") from None  # fmt: skip
+                            "data.download=true") from None
         why = "not found or failing its MD5 check" if verify else "not found"
         raise UserError(
             f"data.root: {name} {why} under '{root}' (looked for {files}); get it with data.download=true, "
@@ -157,10 +157,10 @@ def _torchvision(name: str, root: str, download: bool, verify: bool) -> Dataset:
         x = torch.as_tensor(np.asarray(ds.data))
         labels = np.asarray(ds.labels if name == "svhn" else ds.targets)
         if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or len(labels) and (
-                labels.min() < 0 or labels.max() >= k):  # fmt: skip
+                labels.min() < 0 or labels.max() >= k):
             raise UserError(f"data.root: the {name} {part} files under '{root}' ({files}) hold labels that are not "
                             f"whole numbers in [0, {k - 1}] (a label list of another kind; data.verify=true checks "
-                            "the files)")  # fmt: skip
+                            "the files)")
         y = torch.as_tensor(labels, dtype=torch.long)
         if x.ndim == 3:  # MNIST-like: (N, H, W)
             x = x[:, None]
@@ -168,7 +168,7 @@ def _torchvision(name: str, root: str, download: bool, verify: bool) -> Dataset:
             x = x.permute(0, 3, 1, 2)
         if len(x) != len(y):  # e.g. another split's labels copied over this one's (unverified files)
             raise UserError(f"data.root: the {name} {part} files under '{root}' hold {len(x)} images and {len(y)} "
-                            f"labels; one label per image is needed (data.verify=true checks the files)")  # fmt: skip
+                            f"labels; one label per image is needed (data.verify=true checks the files)")
         out.append(Split(x.to(torch.uint8).contiguous(), y))
     return Dataset(name, out[0], out[1], k)
 
@@ -202,7 +202,7 @@ def _imagefolder(root: str, image_size: int) -> Dataset:
                 f"{root}/val/<class>/ with the same class folders"
             )
     tf = transforms.Compose([transforms.Resize(image_size * 8 // 7), transforms.CenterCrop(image_size),
-                             transforms.PILToTensor()])  # fmt: skip
+                             transforms.PILToTensor()])
     try:
         parts = [ImageFolder(str(Path(root) / part), transform=tf, loader=read_image) for part in ("train", "val")]
     except (OSError, RuntimeError) as e:  # a missing class folder, a symlink that loops (ELOOP), ...
@@ -232,7 +232,7 @@ def _check_images(
             bad.append(f"{path} ({type(e).__name__})")
     if bad:
         raise UserError(f"{key}: {len(bad)} of the {what} under {where} cannot be read, e.g. {bad[0]}; "
-                        "replace or remove them")  # fmt: skip
+                        "replace or remove them")
 
 
 def read_image(path: str):
@@ -245,7 +245,7 @@ def read_image(path: str):
         return default_loader(path)
     except Exception as e:  # noqa: BLE001 -- PIL raises many kinds for a broken file
         raise UserError(f"data.root: '{path}' cannot be decoded as an image ({type(e).__name__}: {str(e)[:80]}); "
-                        "replace or remove it") from None  # fmt: skip
+                        "replace or remove it") from None
 
 
 EMBEDDED = {"mnist5k": _mnist5k, "digits": _digits}

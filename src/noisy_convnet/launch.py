@@ -115,7 +115,7 @@ class SweepStatus(Callback):
         if failed:
             names = "; ".join(f["cell"] for f in failed)
             print(f"error: sweep: {len(failed)} cell(s) failed ({names}); the others ran, their results are kept",
-                  file=sys.stderr)  # fmt: skip
+                  file=sys.stderr)
             STATUS["exit"] = 2 if all(f["kind"] == "user" for f in failed) else 1
 
 
@@ -150,6 +150,6 @@ def quiet_sacct() -> None:
 
         SlurmInfoWatcher._make_command = lambda self: None  # update() then keeps what it knows: nothing from sacct
         logging.getLogger(__name__).info("SLURM keeps no accounting here: the cells' states come from their result "
-                                         "files, not from sacct")  # fmt: skip
+                                         "files, not from sacct")
     elif not any(isinstance(f, _Once) for f in logging.getLogger("submitit").filters):
         logging.getLogger("submitit").addFilter(_Once("Bypassing sacct error"))

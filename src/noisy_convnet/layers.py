@@ -197,7 +197,7 @@ class VolMinNoiseLayer(NoiseLayer):
     given ``optimizer`` ("adam": their MNIST code's), an optimiser of its own beside the network's."""
 
     def __init__(self, num_classes: int, init: float, vol_weight: float, lr: float, scheduled: bool = False,
-                 optimizer: str | None = None):  # fmt: skip
+                 optimizer: str | None = None):
         super().__init__(num_classes)
         self.vol_weight, self.lr, self.scheduled = float(vol_weight), float(lr), bool(scheduled)
         self.optimizer = optimizer

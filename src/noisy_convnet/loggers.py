@@ -22,10 +22,12 @@ T = TypeVar("T")
 # info: "GPU available", "TPU available", the litlogger advertisement, "Loading `train_dataloader`", "`Trainer.fit`
 # stopped"), and the deprecation notices of the pinned libraries about each other (not the project's to fix).
 CHATTY = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
-          "lightning_fabric.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")  # fmt: skip
+          "lightning_fabric.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
 LIBRARY_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                     # the best epoch is tested: the first ModelCheckpoint is the best one's (factory.build_callbacks)
-                    r"`\.test\(ckpt_path=\"best\"\)` is called with Trainer configured with multiple")  # fmt: skip
+                    r"`\.test\(ckpt_path=\"best\"\)` is called with Trainer configured with multiple",
+                    # where SLURM is installed (its srun found), outside a SLURM job: Lightning's advice to use srun
+                    r"The `srun` command is available on your system but is not used")
 
 
 def quiet(verbose: bool) -> None:
@@ -62,7 +64,7 @@ def wandb_online() -> bool:
     if not os.environ.get("WANDB_API_KEY") and not (netrc.is_file() and host in netrc.read_text()):
         if asked == "online":
             raise UserError("WANDB_MODE: online, but no API key (WANDB_API_KEY or `wandb login`); log in, or "
-                            "unset WANDB_MODE to log offline and `wandb sync` later")  # fmt: skip
+                            "unset WANDB_MODE to log offline and `wandb sync` later")
         return False
     import socket
 
@@ -72,7 +74,7 @@ def wandb_online() -> bool:
     except OSError as e:
         if asked == "online":
             raise UserError(f"WANDB_MODE: online, but the W&B server {base} cannot be reached ({e}); unset "
-                            "WANDB_MODE to log offline and `wandb sync` later") from None  # fmt: skip
+                            "WANDB_MODE to log offline and `wandb sync` later") from None
         return False
 
 
@@ -93,7 +95,7 @@ def start_wandb(start: Callable[[bool], T]) -> T:
         why = f"{type(e).__name__}: {' '.join(str(e).split(': {')[0].split())[:160]}"  # not the page it returned
         if os.environ.get("WANDB_MODE") == "online":
             raise UserError(f"WANDB_MODE: online, but the W&B server {base} refused the run ({why}); check the "
-                            "key and WANDB_BASE_URL, or unset WANDB_MODE to log offline") from None  # fmt: skip
+                            "key and WANDB_BASE_URL, or unset WANDB_MODE to log offline") from None
         log.warning("W&B: the server %s refused the run (%s); logging offline, `wandb sync` it later", base, why)
         wandb.teardown()  # the failed online start's state, which the offline start would reuse
         return start(True)

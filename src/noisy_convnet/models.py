@@ -81,7 +81,7 @@ class ConvNetCifar(nn.Module):
             nn.LocalResponseNorm(3, alpha=5e-5, beta=0.75),
             nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(inplace=True), nn.AvgPool2d(3, 2, padding=1),
             nn.Flatten(),
-        )  # fmt: skip
+        )
         self.head = nn.Linear(_flat_size(self.features, in_shape), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,12 +95,12 @@ class LeNet5(nn.Module):
             nn.Conv2d(in_shape[0], 6, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
             nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
             nn.Flatten(),
-        )  # fmt: skip
+        )
         self.head = nn.Sequential(
             nn.Linear(_flat_size(self.features, in_shape), 120), nn.ReLU(inplace=True),
             nn.Linear(120, 84), nn.ReLU(inplace=True),
             nn.Linear(84, num_classes),
-        )  # fmt: skip
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

@@ -30,7 +30,7 @@ from .models import penultimate
 def one_cycle(
     optimizer: torch.optim.Optimizer, total_steps: int, pct_start: float = 0.25, div: float = 25.0, constant=(),
     epochs: int | None = None,
-):  # fmt: skip
+):
     """Linear warm-up from lr/div over the first pct_start of the steps, then cosine decay to ~0 (the shape
     of torch's OneCycleLR, but keeping the ratio between groups, e.g. Q's larger lr); per step, whatever
     the epochs."""
@@ -52,7 +52,7 @@ def _per_group(optimizer: torch.optim.Optimizer, factor, constant) -> torch.opti
 
 
 def multi_step(optimizer: torch.optim.Optimizer, total_steps: int, epochs: int, milestones=(), gamma: float = 0.1,
-               constant=()):  # fmt: skip
+               constant=()):
     """torch's MultiStepLR on epochs, stepped per batch: lr x gamma once each milestone epoch is reached
     (milestones [40, 80]: epochs 0-39 at lr, 40-79 at lr x gamma, 80- at lr x gamma^2)."""
     per_epoch = max(1, total_steps // max(1, epochs))
@@ -208,7 +208,7 @@ class NoisyLabelModule(pl.LightningModule):
             self.log("test/inlier_ap", ap)
             self.test_results["inlier_ap"] = float(ap)
             self.test_results["pr_curve"] = {"precision": precision.cpu().numpy()[keep],
-                                             "recall": recall.cpu().numpy()[keep]}  # fmt: skip
+                                             "recall": recall.cpu().numpy()[keep]}
         self._scores, self._is_inlier = [], []
 
     def noisy_probs(self, logits: torch.Tensor) -> torch.Tensor:
@@ -239,7 +239,7 @@ class NoisyLabelModule(pl.LightningModule):
     # -- optimisation ---------------------------------------------------------------------------------
     def configure_optimizers(self):
         groups = [{"params": [p for p in self.net.parameters() if p.requires_grad],
-                   **({"lr": self.net_lr} if self.net_lr is not None else {})}]  # fmt: skip
+                   **({"lr": self.net_lr} if self.net_lr is not None else {})}]
         q_params = [p for p in self.noise.parameters() if p.requires_grad]
         q_group = {"params": q_params, "weight_decay": 0.0, **({"lr": self.noise.lr} if self.noise.lr else {})}
         if q_params and self.noise.optimizer is not None:  # Q by an optimiser of its own, stepped with the network's
@@ -251,5 +251,5 @@ class NoisyLabelModule(pl.LightningModule):
             return opt
         constant = {"constant": (1,)} if q_params and not self.noise.scheduled else {}  # Q is group 1
         sched = self.scheduler_fn(opt, total_steps=int(self.trainer.estimated_stepping_batches),
-                                  epochs=int(self.trainer.max_epochs), **constant)  # fmt: skip
+                                  epochs=int(self.trainer.max_epochs), **constant)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

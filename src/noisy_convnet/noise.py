@@ -128,7 +128,7 @@ def instance_flip(x: np.ndarray, y: np.ndarray, k: int, rates: np.ndarray, rng: 
 
 
 def instance_transition(x: np.ndarray, y: np.ndarray, k: int, rates: np.ndarray, rng: np.random.Generator
-                        ) -> np.ndarray:  # fmt: skip
+                        ) -> np.ndarray:
     """p(noisy = j | image i) of Xia et al.'s generator: W ~ N(0, 1) of shape (K, d, K), one projection per
     true class; for image x (flattened, as given: raw 0..255 pixels in the authors' code) with label y,
     softmax(x W[y]) over the other classes, scaled by its rate q_i, and 1 - q_i on y. The flip probability
@@ -203,7 +203,7 @@ def labels_from_file(
     except (ValueError, OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:  # RuntimeError: torch.load's
         if "weights_only" in str(e) or "Unsupported global" in str(e):  # a pickle that asks for more than data
             raise UserError(f"noise.file: '{path}' holds objects other than arrays of labels; refused (reading it "
-                            "would run code from the file)") from None  # fmt: skip
+                            "would run code from the file)") from None
         raise UserError(f"noise.file: cannot read '{path}' ({str(e) or 'empty file'})") from None
     if column is None and len(table) != 1:
         raise UserError(f"noise.column: '{path}' has several columns; choose one of {', '.join(map(str, table))}")
@@ -211,7 +211,7 @@ def labels_from_file(
         raise UserError(f"noise.column: '{column}' is not in '{path}'; choose one of {', '.join(map(str, table))}")
     if path.suffix == ".csv" and any(str(c).strip().lstrip("-").isdigit() for c in table):
         raise UserError(f"noise.file: '{path}' has no header row (its first line reads as a label); start it with "
-                        "a column name, e.g. 'label'")  # fmt: skip
+                        "a column name, e.g. 'label'")
     y = np.asarray(table[column] if column is not None else next(iter(table.values())))
     if y.ndim != 1 and not (y.ndim == 2 and 1 in y.shape):
         raise UserError(f"noise.file: '{path}' holds an array of shape {y.shape}; one label per pool image, a vector")
@@ -225,7 +225,7 @@ def labels_from_file(
         if differ:
             raise UserError(f"noise.file: the clean_label column of '{path}' differs from the pool's labels at "
                             f"{differ} of {n} images: the file is in another order than the pool (or of another "
-                            "data set); refused")  # fmt: skip
+                            "data set); refused")
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= k:
         raise UserError(f"noise.file: labels must be integers in [0, {k - 1}]")
     return y.astype(np.int64)

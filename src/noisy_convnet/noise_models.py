@@ -97,7 +97,7 @@ def _every_class(y_clean: np.ndarray, k: int) -> None:
     missing = np.setdiff1d(np.arange(k), y_clean)
     if len(missing):
         raise UserError(f"data.train_size: {len(y_clean)} images hold no image of class {missing[0]} (of {k}), so "
-                        "the labels' realised noise matrix has no column for it; raise it")  # fmt: skip
+                        "the labels' realised noise matrix has no column for it; raise it")
 
 
 def _pool_size(data, n_pool: int) -> int:
@@ -129,7 +129,7 @@ class FlipNoise(NoiseModel):
             level = float(1.0 - np.diag(q_true).mean())
         return NoisyData(chosen.relabel(y_noisy), chosen.y.numpy(), ds.test, k, q_true, self.name,
                          None if self.name == "none" else self.matrix, 0.0 if self.name == "none" else level,
-                         len(chosen), ("q", why), indices=idx)  # fmt: skip
+                         len(chosen), ("q", why), indices=idx)
 
 
 class NoNoise(FlipNoise):
@@ -181,13 +181,13 @@ class LabelFile(NoiseModel):
         }  # the file read, named and hashed (a fetched one has no config path)
         _every_class(y_clean, k)
         out = NoisyData(chosen.relabel(y_noisy), y_clean, ds.test, k, noise.realised(y_clean, y_noisy, k), self.name,
-                        "file", 0.0, len(chosen), ("q", why), extra, indices=idx)  # fmt: skip
+                        "file", 0.0, len(chosen), ("q", why), extra, indices=idx)
         out.level = out.actual_noise
         limit = (k - 1) / k - self.IMPLAUSIBLE_MARGIN  # a random relabelling moves (K - 1) / K of the labels
         if out.level > limit and not self.allow_implausible:  # most likely labels in another order than the pool's
             raise UserError(f"noise.file: {100 * out.level:.1f}% of the labels in '{self.file}' differ from the pool's "
                             f"(a random relabelling: {100 * (k - 1) / k:.0f}%); is it in the pool's order? Refused "
-                            f"above {100 * limit:.0f}%; noise.allow_implausible=true takes it as it is")  # fmt: skip
+                            f"above {100 * limit:.0f}%; noise.allow_implausible=true takes it as it is")
         return out
 
 
@@ -202,7 +202,7 @@ class CifarN(LabelFile):
         "cifar10n": ("cifar10", "CIFAR-10_human.pt", {"aggre": "aggre_label", "random1": "random_label1",
                      "random2": "random_label2", "random3": "random_label3", "worst": "worse_label"}),
         "cifar100n": ("cifar100", "CIFAR-100_human.pt", {"noisy": "noisy_label"}),
-    }  # fmt: skip
+    }
 
     def __init__(self, name: str, subset: str, file: str | None):
         if name not in self.SETS:
@@ -216,7 +216,7 @@ class CifarN(LabelFile):
     def apply(self, ds: Dataset, data, level: float, seed: int) -> NoisyData:
         if ds.name != self.dataset:
             raise UserError(f"noise: noise={self.name} holds labels of {self.dataset}'s training pool; use "
-                            f"data={self.dataset} (or noise=labels with a file of data={ds.name}'s pool)")  # fmt: skip
+                            f"data={self.dataset} (or noise=labels with a file of data={ds.name}'s pool)")
         if self.given:
             path = to_absolute_path(self.file)
         else:  # fetched when missing (the label file is small; data.download is about the images), md5-checked
@@ -227,7 +227,7 @@ class CifarN(LabelFile):
         except UserError as e:
             if str(e).startswith("noise.column"):  # not a CIFAR-N file (a CIFAR-100N file, a digits .npy, ...)
                 raise UserError(f"noise.file: '{path}' is not a {self.name} label file: noise.subset={self.subset} "
-                                f"reads its '{self.column}' column, which it does not hold") from None  # fmt: skip
+                                f"reads its '{self.column}' column, which it does not hold") from None
             raise
         out.extra["noise_subset"] = self.subset
         return out
@@ -252,10 +252,10 @@ class InstanceNoise(NoiseModel):
     def apply(self, ds: Dataset, data, level: float, seed: int) -> NoisyData:
         if ds.pool.source is not None:
             raise UserError(f"noise: noise=instance projects images held in memory; data={ds.name} reads image "
-                            "files as it trains (use flip noise or a label file there)")  # fmt: skip
+                            "files as it trains (use flip noise or a label file there)")
         if level <= 0:  # its rates would still average ~0.08 (a normal at 0 truncated to [0, 1])
             raise UserError("level: noise=instance at level 0 still flips about 8% of the labels; for clean labels "
-                            "use noise=none")  # fmt: skip
+                            "use noise=none")
         k = ds.num_classes
         idx = datasets.subset_indices(len(ds.pool), _pool_size(data, len(ds.pool)), seed, k)
         chosen = ds.pool.take(idx)
@@ -266,7 +266,7 @@ class InstanceNoise(NoiseModel):
         why = "the realised noise matrix of these labels is singular; use q=learned or q=none"
         return NoisyData(chosen.relabel(y_noisy), y_clean, ds.test, k, noise.realised(y_clean, y_noisy, k), self.name,
                          None, level, len(idx), ("q", why), {"rate_sd": self.rate_sd}, indices=idx,
-                         files={"flip_rates.npy": rates})  # fmt: skip
+                         files={"flip_rates.npy": rates})
 
 
 class OutlierNoise(NoiseModel):
@@ -280,7 +280,7 @@ class OutlierNoise(NoiseModel):
     level_hint = " (flip noise on the inliers: noise.inlier_level)"
 
     def __init__(self, outlier_ratio: float, labelled_outliers: int, inlier_classes: int, outlier_source: str,
-                 inlier_level: float, matrix: str):  # fmt: skip
+                 inlier_level: float, matrix: str):
         if (
             isinstance(outlier_ratio, bool)
             or not isinstance(outlier_ratio, (int, float))
@@ -295,7 +295,7 @@ class OutlierNoise(NoiseModel):
             raise UserError(f"noise.inlier_level: {inlier_level} is outside [0, 1)")
         if _check_matrix(matrix) not in noise.MATRIX_KINDS and inlier_level:
             raise UserError(f"noise.inlier_level: noise.matrix is a file ('{matrix}'): its matrix sets the inliers' "
-                            "noise; leave noise.inlier_level at 0")  # fmt: skip
+                            "noise; leave noise.inlier_level at 0")
         self.ratio, self.labelled, self.inlier_classes = (
             float(outlier_ratio),
             int(labelled_outliers),
@@ -305,20 +305,20 @@ class OutlierNoise(NoiseModel):
 
     def apply(self, ds: Dataset, data, level: float, seed: int) -> NoisyData:
         o = outliers.compose(ds, self.source, self.inlier_classes, data.train_size, self.ratio, self.labelled,
-                             rng(seed, 3), self._external(ds, data, seed))  # fmt: skip
+                             rng(seed, 3), self._external(ds, data, seed))
         k, y = o.num_classes, o.train.y.numpy().copy()
         from_file = self.matrix not in noise.MATRIX_KINDS  # a file's matrix flips the inliers at its own level
         flip = noise.matrix(self.matrix, k, self.inlier_level, rng(seed, 1)) if self.inlier_level > 0 or from_file \
-            else np.eye(k)  # fmt: skip
+            else np.eye(k)
         level = float(1.0 - np.diag(flip).mean()) if from_file else self.inlier_level
         inl = o.y_true < k
         y[inl] = noise.corrupt(o.y_true[inl], flip, rng(seed, 2))
         q_true = noise.outlier(k, outliers.alpha(o.n_out, o.labelled), flip)
         extra = {"outlier_ratio": self.ratio, "n_in": o.n_in, "n_out": o.n_out, "labelled_outliers": o.labelled,
-                 "outlier_source": self.source}  # fmt: skip
+                 "outlier_source": self.source}
         why = "Eq. 8's Q* is singular without labelled outliers; set it > 0"
         return NoisyData(o.train.relabel(y), o.y_true, o.test, k, q_true, self.name, self.matrix, level,
-                         o.n_in, ("noise.labelled_outliers", why), extra)  # fmt: skip
+                         o.n_in, ("noise.labelled_outliers", why), extra)
 
     def _external(self, ds: Dataset, data, seed: int) -> tuple[Split, Split] | None:
         """(training, test) outlier images from another data set or a folder, in ds's shape (or, for an

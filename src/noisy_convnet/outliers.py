@@ -88,7 +88,7 @@ def folder_images(
                 a = np.array(im.convert(mode))  # a writable copy: torch warns on read-only arrays
         except Exception as e:  # noqa: BLE001 -- PIL raises many kinds for a file that is not a sound image
             raise UserError(f"noise.outlier_source: '{f}' cannot be read as an image ({type(e).__name__}: "
-                            f"{str(e)[:80]}); replace or remove it") from None  # fmt: skip
+                            f"{str(e)[:80]}); replace or remove it") from None
         return to_shape(torch.from_numpy(a[:, :, None] if a.ndim == 2 else a).permute(2, 0, 1)[None], shape)
 
     return tuple(torch.cat([read(f) for f in part]) for part in halved_image_files(path, rng))

@@ -84,7 +84,7 @@ class Record:
         names = {f.name for f in fields(cls)} - {"fields"}
         known = {k: v for k, v in d.items() if k in names}
         old = {"q_label": d.get("q", ""), "q_estimated": False, "trainings": 1, "threads": 0, "channels_last": False,
-               "provenance": {}}  # fmt: skip
+               "provenance": {}}
         stages = [StageUse(**s) for s in known.pop("stages", None) or [] if isinstance(s, dict)]
         return cls(**{**old, **known}, stages=stages, fields={k: v for k, v in d.items() if k not in names})
 
@@ -135,17 +135,17 @@ def provenance() -> dict:
 
     try:
         git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=10)  # fmt: skip
+                             text=True, timeout=10)
         commit = git.stdout.strip() if git.returncode == 0 else None
         diff = subprocess.run(["git", "diff", "HEAD", "--", "."], cwd=Path(__file__).parent, capture_output=True,
-                              timeout=10).stdout if commit else b""  # fmt: skip
+                              timeout=10).stdout if commit else b""
     except (OSError, subprocess.SubprocessError):
         commit, diff = None, b""
     changes = hashlib.sha256(diff).hexdigest()[:16] if diff.strip() else None
     return {"commit": commit, "uncommitted": changes, "python": platform.python_version(), "torch": torch.__version__,
             "lightning": pl.__version__, "hydra": hydra.__version__, "cpu": _cpu(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            **from_lock(Path(__file__).resolve().parents[2] / LOCK_FILE)}  # fmt: skip
+            **from_lock(Path(__file__).resolve().parents[2] / LOCK_FILE)}
 
 
 LOCK_FILE = "requirements.lock"

@@ -56,7 +56,7 @@ VAL_PER_CLASS = 10  # the smallest noisy validation slice that early stopping or
 # What a run writes in its folder (True: a folder): a file or folder of another kind there is refused.
 STAGES, LABELS, INDICES, Q_PNG, MODEL = "stages", "noisy_labels.npy", "indices.npy", "Q.png", "model.pt"
 WRITTEN = {identity.CHECKPOINTS: True, STAGES: True, RESULTS_FILE: False, LABELS: False, INDICES: False,
-           Q_PNG: False, MODEL: False}  # fmt: skip
+           Q_PNG: False, MODEL: False}
 
 
 def run(cfg: DictConfig) -> Record:
@@ -71,7 +71,7 @@ def run(cfg: DictConfig) -> Record:
         tempfile.TemporaryFile(dir=run_dir).close()
     except OSError as e:
         raise UserError(f"run_dir: cannot write in '{run_dir}' ({e.strerror}); give a directory that can be "
-                        "created and written") from None  # fmt: skip
+                        "created and written") from None
     resolved, defaults = OmegaConf.to_container(cfg, resolve=True), config.schema_defaults()
     inputs = identity.input_hashes(resolved)  # the input files, read once
     key = identity.CellKey.of(resolved, defaults, inputs)
@@ -103,15 +103,15 @@ def _sweep_dir() -> Path | None:
 
 
 def _run(cfg: DictConfig, run_dir: Path, key: identity.CellKey, inputs: dict, sweep_dir: Path | None,
-         t_start: float) -> Record:  # fmt: skip
+         t_start: float) -> Record:
     if identity.other_config(run_dir, key, config.schema_defaults()):
         raise UserError(f"run_dir: '{run_dir}' holds a results.json of another config (or not written by this "
-                        "project); give another hydra.run.dir (or delete that file)")  # fmt: skip
+                        "project); give another hydra.run.dir (or delete that file)")
     for name, folder in WRITTEN.items():  # what this run writes there must be free for it
         path = run_dir / name
         if path.exists() and path.is_dir() != folder:
             raise UserError(f"run_dir: '{path}' is a {'folder' if path.is_dir() else 'file'}, where a run writes its "
-                            f"{'folder' if folder else 'file'} of that name; give another hydra.run.dir")  # fmt: skip
+                            f"{'folder' if folder else 'file'} of that name; give another hydra.run.dir")
     identity.claim_checkpoints(run_dir, key)  # a killed run's checkpoints resume only this very cell
     if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError("trainer: accelerator gpu, but this machine has no GPU that torch can use; use trainer=cpu")
@@ -140,14 +140,14 @@ def _run(cfg: DictConfig, run_dir: Path, key: identity.CellKey, inputs: dict, sw
     if len(val) < floor and (cfg.early_stopping or estimator.needs_validation()):
         raise UserError(f"data.val_fraction: {cfg.data.val_fraction} of {len(noisy.train)} images is {len(val)} "
                         f"validation images; early stopping (or q={estimator.name}) needs at least {floor} "
-                        f"({VAL_PER_CLASS} per class); raise it")  # fmt: skip
+                        f"({VAL_PER_CLASS} per class); raise it")
     _keep_labels(noisy, run_dir)
     run_name = f"{ds.name}-{noisy.noise}-{noisy.level:g}-q_{estimator.name}-s{cfg.seed}"
     hparams = {"q": estimator.name, "noise": noisy.noise, **flat(OmegaConf.to_container(cfg, resolve=True))}
     stages = (sweep_dir if sweep_dir is not None else run_dir) / STAGES  # shared by the sweep's cells
     ours = sweep_dir is None  # a single run's stages: removed once its record is written
     trainers = Trainers(cfg, ds.shape, noisy.test, noisy.q_true, noisy.num_classes, run_dir, run_name, hparams,
-                        stages)  # fmt: skip
+                        stages)
     fitted = _checked_fit(estimator.fit(noisy, train, val, trainers), noisy, cfg.q)
     t = fitted.training
     record = Record(
@@ -165,7 +165,7 @@ def _run(cfg: DictConfig, run_dir: Path, key: identity.CellKey, inputs: dict, sw
                                           "trainings": trainers.protocol},
         input_hashes=inputs,
         cell=key.to_dict(), fields={**noisy.extra, **fitted.fields},
-    )  # fmt: skip
+    )
     plots.save(plots.q_heatmaps(noisy.q_true, fitted.q, _title(record)), run_dir / Q_PNG)
     if cfg.save_model:  # the tested base net's weights, kept beside its record (written first: a record means both)
         buf = io.BytesIO()
@@ -201,7 +201,7 @@ def _checked_noise(noisy, node: DictConfig) -> NoisyData:
     y = noisy.train.y.numpy()
     if len(y) and (y.min() < 0 or y.max() >= len(q)):
         raise UserError(f"noise._target_: '{target}' made noisy labels outside [0, {len(q) - 1}] (its Q* has "
-                        f"{len(q)} classes)")  # fmt: skip
+                        f"{len(q)} classes)")
     return noisy
 
 
@@ -213,12 +213,12 @@ def _checked_fit(fitted, noisy: NoisyData, node: DictConfig) -> Fitted:
     target = node.get("_target_")
     if not isinstance(fitted, Fitted) or not isinstance(fitted.training, Training):
         raise UserError(f"q._target_: '{target}' fit() returned {type(fitted).__name__}; return Fitted(training, q, "
-                        "fields) with the Training that trainers.fit gave")  # fmt: skip
+                        "fields) with the Training that trainers.fit gave")
     if fitted.q is not None:
         q = np.asarray(fitted.q, dtype=np.float64)
         if q.shape != noisy.q_true.shape:
             raise UserError(f"q._target_: '{target}' fit() returned a Q of shape {q.shape}; Q* has shape "
-                            f"{noisy.q_true.shape}")  # fmt: skip
+                            f"{noisy.q_true.shape}")
         if not np.isfinite(q).all():
             raise Diverged(f"q._target_: '{target}' fit() returned a Q that is not finite")
         noise.check_stochastic(q, len(q), "q._target_", f"the Q that '{target}' returned")
@@ -226,11 +226,11 @@ def _checked_fit(fitted, noisy: NoisyData, node: DictConfig) -> Fitted:
         json.dumps(record_file.to_jsonable(dict(fitted.fields or {})))
     except (TypeError, ValueError) as e:
         raise UserError(f"q._target_: '{target}' fit() returned fields JSON cannot hold ({e}); return numbers, "
-                        "strings, lists, dicts or numpy arrays") from None  # fmt: skip
+                        "strings, lists, dicts or numpy arrays") from None
     clash = sorted(set(fitted.fields or {}) & RECORD_FIELDS)
     if clash:
         raise UserError(f"q._target_: '{target}' fit() returned fields {clash}, which are the record's own; name "
-                        "them otherwise")  # fmt: skip
+                        "them otherwise")
     return fitted
 
 
@@ -249,7 +249,7 @@ def _check_model(cfg: DictConfig, ds: datasets.Dataset) -> None:
     """The network takes images of this shape (AlexNet's pooling needs at least 63x63): one forward pass of
     two blank images, before any training."""
     net = config.built(config.build(cfg.model, "model", in_shape=ds.shape, num_classes=ds.num_classes), cfg.model,
-                       "model", torch.nn.Module, "forward").eval()  # fmt: skip
+                       "model", torch.nn.Module, "forward").eval()
     try:
         with torch.no_grad():
             out = net(torch.zeros(2, *ds.shape))

@@ -79,7 +79,7 @@ _EXPORTS = {
     **{e.cls.split(".")[1]: e.cls.split(".")[0] for e in ESTIMATORS},
     "PLAIN": "base", "Fitted": "base", "QEstimator": "base",
     "anchor_indices": "anchor", "anchor_t": "anchor", "count_t": "anchor", "confident_q": "confident",
-}  # fmt: skip
+}
 __all__ = ["ESTIMATORS", "NAMES", "Estimator", *_EXPORTS]
 
 

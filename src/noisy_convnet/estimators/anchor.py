@@ -41,7 +41,7 @@ def count_t(probs: np.ndarray, noisy_labels: np.ndarray) -> np.ndarray:
 def _percentile(value) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 1 <= value <= 100:
         raise UserError(f"q.anchor_percentile: {value!r} is outside [1, 100], a percentile (97: the authors'; 100: "
-                        "no discarding, plain argmax)")  # fmt: skip
+                        "no discarding, plain argmax)")
     return float(value)
 
 

@@ -104,16 +104,16 @@ class _ForwardCorrection(_Started):
         return f"q: q={self.name} early-stops its plain net on the noisy validation slice, which needs one"
 
     def estimate(self, noisy: NoisyData, k: int, train: Split, val: Split, trainers: Trainers
-                 ) -> tuple[np.ndarray, np.ndarray | None, dict]:  # fmt: skip
+                 ) -> tuple[np.ndarray, np.ndarray | None, dict]:
         """(Q_hat, the p(noisy | x) it came from or None, record fields)."""
         raise NotImplementedError
 
     def plain(self, k: int, train: Split, val: Split, trainers: Trainers, predict: Split,
-              stage: str | None = PLAIN) -> Training:  # fmt: skip
+              stage: str | None = PLAIN) -> Training:
         """A plain net early-stopped on the noisy validation slice (the shared stage when trained on the
         whole training part), with p(noisy | x) on ``predict``."""
         return trainers.fit(NoiseLayer(k), train, val, early_stopping=True, predict=predict, stage=stage,
-                            role="plain")  # fmt: skip
+                            role="plain")
 
     def fit(self, noisy, train, val, trainers) -> Fitted:
         k, t0 = self.outputs(noisy), time.perf_counter()

@@ -46,7 +46,7 @@ class ConfidentQ(_ForwardCorrection):
         rarest = int(np.bincount(labels, minlength=k).min())
         if self.folds > rarest:
             raise UserError(f"q.folds: {self.folds} folds need at least as many images of every noisy label; "
-                            f"the rarest has {rarest}")  # fmt: skip
+                            f"the rarest has {rarest}")
         probs = np.full((len(labels), k), np.nan)
         split = StratifiedKFold(self.folds, shuffle=True, random_state=trainers.context.seed).split(labels, labels)
         errors = []

@@ -20,7 +20,7 @@ class HocQ(_ForwardCorrection):
     SAMPLE = 15_000  # the authors' sample size, or every training image when there are fewer
 
     def __init__(self, rounds: int, sample_size: int | None, steps: int, lr: float, features: str | None,
-                 start: str):  # fmt: skip
+                 start: str):
         self.started(start)
         self.rounds, self.steps = _whole("rounds", rounds, 1), _whole("steps", steps, 1)
         self.sample_size = None if sample_size is None else _whole("sample_size", sample_size, 3)
@@ -36,18 +36,18 @@ class HocQ(_ForwardCorrection):
         n = len(train)
         if self.sample_size is not None and self.sample_size > n:
             raise UserError(f"q.sample_size: {self.sample_size} is more than the {n} training images; at most {n} "
-                            "(null: the authors' 15,000 or all of them when fewer)")  # fmt: skip
+                            "(null: the authors' 15,000 or all of them when fewer)")
         size = self.sample_size or min(self.SAMPLE, n)
         fields = {"sample_size": size}
         if self.features is not None:  # one row per pool image: the training part's rows, in its order
             pool = noisy.pool_size
             if noisy.indices is None or len(self.features) != pool:
                 raise UserError(f"q.features: {len(self.features)} rows; one per image of the data set's pool "
-                                f"({pool} images, datasets.load(name).pool's order) is needed")  # fmt: skip
+                                f"({pool} images, datasets.load(name).pool's order) is needed")
             features = self.features[noisy.indices[:n]]
         else:
             plain = trainers.fit(NoiseLayer(k), train, val, early_stopping=True, predict=train, outputs=("features",),
-                                 stage=PLAIN, role="plain")  # fmt: skip
+                                 stage=PLAIN, role="plain")
             features, fields["plain_test_error"] = plain.features, plain.test.test_error
         seed = trainers.context.seed
         counts = hoc.consensus(features, train.y.numpy(), k, self.rounds, size, np.random.default_rng([seed, 7]))
@@ -70,5 +70,5 @@ def _feature_file(path) -> np.ndarray:
         raise UserError(f"q.features: cannot read '{path}' as a .npy array ({str(e) or 'empty file'})") from None
     if f.ndim != 2 or not np.issubdtype(f.dtype, np.number) or not np.isfinite(f).all():
         raise UserError(f"q.features: '{path}' holds an array of shape {f.shape} and type {f.dtype}; finite numbers, "
-                        "one row per pool image, are needed")  # fmt: skip
+                        "one row per pool image, are needed")
     return f

@@ -37,7 +37,7 @@ def two_nearest(features: np.ndarray, block: int = 2048) -> tuple[np.ndarray, np
 
 
 def consensus(features: np.ndarray, labels: np.ndarray, k: int, rounds: int, sample_size: int,
-              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(c1, c2, c3): the first-, second- and third-order consensus of the noisy labels of each sampled image
     and its two nearest neighbours within the sample, averaged over ``rounds`` samples of ``sample_size``
     images drawn without replacement."""

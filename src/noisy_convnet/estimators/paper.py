@@ -85,7 +85,7 @@ class LearnedQ(QEstimator):
     def layer(self, k: int, choice: dict) -> LearnedNoiseLayer:
         values = {key: v[0] for key, v in self.lists.items()} | choice
         return LearnedNoiseLayer(k, param=self.param, regulariser=self.regulariser,
-                                 warmup_epochs=self.warmup_epochs, **values)  # fmt: skip
+                                 warmup_epochs=self.warmup_epochs, **values)
 
     def fit(self, noisy, train, val, trainers) -> Fitted:
         k, epochs = self.outputs(noisy), trainers.context.max_epochs
@@ -110,7 +110,7 @@ class LearnedQ(QEstimator):
                 {**c, "val_nll": t.val_nll, "test_error": t.test.test_error,
                  "q_error": noise.q_error(self.q_of(t), noisy.q_true)}
                 for c, t in runs
-            ] + [{**c, "diverged": True} for c in diverged]  # fmt: skip
+            ] + [{**c, "diverged": True} for c in diverged]
         return Fitted(best, self.q_of(best), fields)
 
 

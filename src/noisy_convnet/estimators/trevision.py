@@ -39,9 +39,9 @@ class TRevisionQ(_Started):
         t_anchor = anchor_t(plain.probs, self.percentile)
         t_start = noisy.q_true.T if self.oracle else t_anchor
         weighted = trainers.fit(ImportanceLayer(t_start, revise=False), train, val, early_stopping=True, init=plain,
-                                role="reweight")  # fmt: skip
+                                role="reweight")
         revised = trainers.fit(ImportanceLayer(t_start, revise=True, lr=self.revision_lr), train, val, init=weighted,
-                               net_lr=self.revision_lr, role="revision")  # fmt: skip
+                               net_lr=self.revision_lr, role="revision")
         t_raw = revised.module.noise.t().detach().cpu().numpy().astype(np.float64)
         if not np.isfinite(t_raw).all():
             raise Diverged("q=trevision: the revised T is not finite (lower q.revision_lr)")
@@ -49,5 +49,5 @@ class TRevisionQ(_Started):
         fields = {"plain_test_error": plain.test.test_error, "reweighted_test_error": weighted.test.test_error,
                   "T_anchor": t_anchor, "T_revised": t_raw,
                   "q_error_anchor": noise.q_error(t_anchor.T, noisy.q_true),
-                  "q_error_revised": noise.q_error(q, noisy.q_true)}  # fmt: skip
+                  "q_error_revised": noise.q_error(q, noisy.q_true)}
         return Fitted(revised, q, fields)

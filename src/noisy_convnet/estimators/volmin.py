@@ -21,7 +21,7 @@ class VolMinQ(_KClasses):
 
         if optimizer is not None and optimizer not in LAYER_OPTIMIZERS:
             raise UserError(f"q.optimizer: {optimizer!r} is not allowed; {', '.join(LAYER_OPTIMIZERS)}, or null (a "
-                            "parameter group of the network's optimiser)")  # fmt: skip
+                            "parameter group of the network's optimiser)")
         self.optimizer = optimizer
         for key, value, allowed in (("init", init, ""), ("vol_weight", vol_weight, " >= 0"), ("lr", lr, " > 0")):
             number = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)

@@ -10,4 +10,4 @@ from .load import RUNS_FILE, curve, load_sweep, method
 from .tables import markdown, table
 
 __all__ = ["RUNS_FILE", "cli", "comparison", "curve", "draw", "estimators_figure", "load_sweep", "log_to_wandb", "main",
-           "markdown", "method", "paired", "stages", "table", "wide", "wide_paired", "_estimated"]  # fmt: skip
+           "markdown", "method", "paired", "stages", "table", "wide", "wide_paired", "_estimated"]

@@ -39,7 +39,7 @@ def log_to_wandb(paths: list[Path], root: Path, t: pd.DataFrame) -> None:
 
     def start(offline: bool):
         return wandb.init(project="noisy-convnet", job_type="report", name=f"report {root.name}", group=root.name,
-                          mode="offline" if offline else "online", dir=str(root))  # fmt: skip
+                          mode="offline" if offline else "online", dir=str(root))
 
     with start_wandb(start) as run:
         run.log({"results": wandb.Table(dataframe=t), **{p.stem: wandb.Image(str(p)) for p in paths}})
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     why = _unwritable(out)
     if why:  # before any work: nothing is read or written
         print(f"error: {key}: cannot write in '{out}' ({why}); give a folder that can be created and written "
-              "(--out DIR)", file=sys.stderr)  # fmt: skip
+              "(--out DIR)", file=sys.stderr)
         return 2
     df, problems = load_sweep(args.sweep_dir)
     for p in problems:

@@ -83,9 +83,9 @@ def wide(df: pd.DataFrame) -> pd.DataFrame:
     d = df.assign(setting=_setting(df))
     g = d.groupby(["curve", "setting"])
     t = pd.DataFrame({"mean": 100 * g["test_error"].mean(), "sd": 100 * g["test_error"].std(),
-                      "q": g["q_error"].mean()})  # fmt: skip
+                      "q": g["q_error"].mean()})
     cell = t.apply(lambda r: f"{r['mean']:.1f}" + ("" if np.isnan(r["sd"]) else f" +- {r['sd']:.1f}")
-                   + ("" if np.isnan(r["q"]) else f" ({r['q']:.2f})"), axis=1)  # one seed: no sd  # fmt: skip
+                   + ("" if np.isnan(r["q"]) else f" ({r['q']:.2f})"), axis=1)  # one seed: no sd
     out = cell.unstack("setting").reindex(_rows(d["curve"]))
     out.index = out.index.map(d.groupby("curve")["method"].first())
     return out.fillna("").rename_axis(index="estimator", columns=None).reset_index()
@@ -150,7 +150,7 @@ def estimators_figure(df: pd.DataFrame):
         axes[0].bar(x, sub["test_error"], width, yerr=yerr, label=label, capsize=2, **style)
         axes[1].bar(x, sub["q_error"], width, **style)
     for ax, ylabel in zip(axes, ("clean test error (%), mean +- 1 sd over seeds", "q_error (mean over seeds)"),
-                          strict=True):  # fmt: skip
+                          strict=True):
         ax.set_xticks(range(len(settings)), settings)
         ax.set_xlabel("noise (Q* kind, level)")
         ax.set_ylabel(ylabel)
@@ -170,7 +170,7 @@ def estimator_q_heatmaps(df: pd.DataFrame):
         return None
     settings, methods = sorted(with_q["setting"].unique()), [label for _, label in _labelled(with_q)]
     fig, axes = plt.subplots(len(settings), len(methods) + 1, figsize=(1.9 * (len(methods) + 1) + 0.8,
-                             1.9 * len(settings) + 0.4), squeeze=False)  # fmt: skip
+                             1.9 * len(settings) + 0.4), squeeze=False)
     im = None
     for r_i, s in enumerate(settings):
         rows = with_q[with_q["setting"] == s].sort_values("seed")

@@ -120,7 +120,7 @@ def _fig3(df: pd.DataFrame):
         diff = i == 2
         span = np.nanmax(np.abs(g.values)) if diff else None  # a diverging scale centred on 0
         im = ax.imshow(g.values, cmap="RdBu" if diff else "viridis_r", aspect="auto", origin="lower",
-                       vmin=-span if diff else lo, vmax=span if diff else hi)  # fmt: skip
+                       vmin=-span if diff else lo, vmax=span if diff else hi)
         mid = (lo + hi) / 2
         for (i, j), v in np.ndenumerate(g.values):
             if np.isfinite(v):  # dark text on the light half of the colour scale
@@ -167,7 +167,7 @@ def _fig4b(df: pd.DataFrame):
             pr = row["_record"]["pr_curve"]
             ap = f"AP {g['inlier_ap'].mean():.3f}" + (f", mean of {seeds} seeds" if seeds > 1 else "")
             ax.plot(pr["recall"], pr["precision"], label=f"{name} ({ap})" if i == 0 else None,
-                    linewidth=0.9 if seeds > 1 else 1.5, **_style(key))  # fmt: skip
+                    linewidth=0.9 if seeds > 1 else 1.5, **_style(key))
     ax.set_title(f"N_out / N_in = {ratio:g}", fontsize=9)
     ax.set_xlabel("recall (inliers)")
     ax.set_ylabel("precision")
@@ -194,10 +194,10 @@ def draw(df: pd.DataFrame, out: Path) -> list[Path]:
     paper = flip if one_kind else flip.iloc[:0]
     if len(paper) and paper["train_size"].nunique() > 1:
         save(_curves(paper, "train_size", "level", "training size", "Fig. 2a: test error vs training size", True),
-             "fig2a_error_vs_size")  # fmt: skip
+             "fig2a_error_vs_size")
     if len(paper) and paper["level"].nunique() > 1:
         save(_curves(paper, "level", "train_size", "noise level", "Fig. 2b: test error vs noise level"),
-             "fig2b_error_vs_level")  # fmt: skip
+             "fig2b_error_vs_level")
     if len(_estimated(paper)) and _estimated(paper)["level"].max() > 0:
         save(_fig2c(paper), "fig2c_q_heatmaps")
     curves = set(paper["curve"]) if len(paper) else set()

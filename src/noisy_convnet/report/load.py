@@ -31,7 +31,7 @@ def method(row: pd.Series) -> str:
 
 # What the tables read of a record, and of what type (config may be absent: an empty one)
 SHAPES = {"q": str, "dataset": str, "noise": str, "seed": int, "level": (int, float), "matrix": (str, type(None)),
-          "test_error": (int, float, type(None)), "config": dict}  # fmt: skip
+          "test_error": (int, float, type(None)), "config": dict}
 NEEDED = SHAPES.keys() - {"config"}
 DEFAULTS = schema_defaults()  # a key at its default is the same cell whether a record has it or not
 RUNS_FILE = "runs.jsonl"  # the report's compact copy of every record, beside the figures: redrawn from it
@@ -113,5 +113,5 @@ def load_sweep(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
         for cell, g in df.groupby(keys, dropna=False):
             if g["_cell"].nunique() > 1:  # same row of the table, runs that differ in more than the seed
                 problems.append(f"runs that differ in more than their seed share the table's row {cell}: "
-                                f"{', '.join(sorted(g['run_dir']))}")  # fmt: skip
+                                f"{', '.join(sorted(g['run_dir']))}")
     return df, problems

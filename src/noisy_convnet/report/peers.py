@@ -62,7 +62,7 @@ def versus_shared(df: pd.DataFrame) -> pd.DataFrame:
     if not len(t):
         return t
     t = t.reindex([c for c in _rows(t.index.get_level_values("curve")) if c in t.index.get_level_values("curve")],
-                  level="curve")  # fmt: skip
+                  level="curve")
     return t.droplevel("curve").rename_axis(index="minus the shared protocol's", columns=None).reset_index()
 
 
@@ -117,10 +117,10 @@ def figure(df: pd.DataFrame):
                 label = None
                 if i == 0:
                     label = ("fixed Q*" if fixed else "the estimator") + (", shared protocol" if hatched else
-                                                                          ", its own protocol")  # fmt: skip
+                                                                          ", its own protocol")
                 ax.bar(i + (j - 1.5) * width, mean, width, yerr=sd or None, capsize=2, label=label,
                        color=colour("fixed" if fixed else q)[0], hatch="//" if hatched else None,
-                       edgecolor="white")  # fmt: skip
+                       edgecolor="white")
         ax.set_xticks(range(len(estimators)), [f"{q}\n({own_of[_base(q)]})" for q in estimators], fontsize=8)
         ax.set_title(f"noise: {setting}", fontsize=9)
         ax.grid(alpha=0.3, axis="y")

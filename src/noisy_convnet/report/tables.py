@@ -30,7 +30,7 @@ def markdown(t: pd.DataFrame) -> str:
 
     out = t.drop(columns=["test_error_%", "std_%", "seeds"]).copy()
     out.insert(len([c for c in out.columns if c not in ("q_error", "inlier_ap")]), "test error % (seeds)",
-               t.apply(cell, axis=1))  # fmt: skip
+               t.apply(cell, axis=1))
     for col in ("q_error", "inlier_ap"):
         if col in out:
             out[col] = out[col].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
