@@ -306,3 +306,24 @@ def test_a_run_prints_no_library_chatter_unless_verbose(tmp_path):
     assert chatter == [], chatter
     loud = run_cli(*args, "verbose=true", f"hydra.run.dir={tmp_path / 'loud'}")
     assert "GPU available:" in loud.stdout + loud.stderr
+
+
+def test_the_noise_model_and_the_estimator_are_built_once(make_cfg, monkeypatch):
+    """config.check builds them to check their keys, and the run uses those very objects (it built both a
+    second time before)."""
+    from noisy_convnet.estimators.paper import FixedQ
+    from noisy_convnet.noise_models import FlipNoise
+
+    built = []
+
+    def counted(init):
+        def __init__(self, *args, **kwargs):
+            built.append(type(self))
+            init(self, *args, **kwargs)
+
+        return __init__
+
+    for cls in (FixedQ, FlipNoise):
+        monkeypatch.setattr(cls, "__init__", counted(cls.__init__))
+    run(make_cfg("q=fixed"))
+    assert sorted(c.__name__ for c in built) == ["FixedQ", "FlipNoise"]

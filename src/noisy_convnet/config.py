@@ -394,8 +394,24 @@ def check_values(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+@dataclass(frozen=True)
+class Checked:
+    """What ``check`` built while checking: the typed config and the one noise model and Q estimator the run
+    uses (each built once, from its YAML node)."""
+
+    cfg: DictConfig
+    noise_model: Any
+    estimator: Any
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Check every user-facing value; return the typed config. Raises UserError on the first bad one."""
+    return check(cfg).cfg
+
+
+def check(cfg: DictConfig) -> Checked:
+    """Check every user-facing value, building the noise model and the Q estimator to check theirs; return
+    them with the typed config (train.run uses these very objects). Raises UserError on the first bad one."""
     from . import datasets
 
     cfg = check_values(cfg)
@@ -425,7 +441,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     needs = estimator.needs_validation()
     if needs and cfg.data.val_fraction == 0:
         raise UserError(f"{needs}; set data.val_fraction > 0")
-    return cfg
+    return Checked(cfg, noise_model, estimator)
 
 
 def group_options(group: str) -> list[str]:

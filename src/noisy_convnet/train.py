@@ -25,18 +25,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate, to_absolute_path
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from . import config, datasets, identity, noise, plots
 from . import record as record_file
 from .errors import Diverged, UserError
-from .estimators import Fitted, QEstimator
+from .estimators import Fitted
 from .factory import Trainers, Training
 from .files import lock, save_array, write_atomic
 from .launch import sweep_cell
 from .loggers import quiet
-from .noise_models import NoiseModel, NoisyData
+from .noise_models import NoisyData
 from .record import RESULTS_FILE, SAME_AS, Record
 from .stages import StageStore
 
@@ -61,7 +61,8 @@ WRITTEN = {identity.CHECKPOINTS: True, STAGES: True, RESULTS_FILE: False, LABELS
 
 def run(cfg: DictConfig) -> Record:
     t_start = time.perf_counter()
-    cfg = config.validate(cfg)
+    checked = config.check(cfg)  # the noise model and the estimator built there are the run's
+    cfg = checked.cfg
     quiet(cfg.verbose)
     if cfg.run_dir is None:
         cfg.run_dir = default_run_dir()
@@ -85,7 +86,7 @@ def run(cfg: DictConfig) -> Record:
         if beside is None:
             threads = torch.get_num_threads()
             try:
-                return _run(cfg, run_dir, key, inputs, sweep_dir, t_start)
+                return _run(checked, run_dir, key, inputs, sweep_dir, t_start)
             finally:  # a run's thread count must not reach later runs in this process (their float sums)
                 torch.set_num_threads(threads)
         log.info("already finished, skipped: %s is this cell", beside[0] / RESULTS_FILE)
@@ -102,8 +103,9 @@ def _sweep_dir() -> Path | None:
     return sweep if Path(hc.runtime.output_dir).resolve().parent == sweep else None
 
 
-def _run(cfg: DictConfig, run_dir: Path, key: identity.CellKey, inputs: dict, sweep_dir: Path | None,
+def _run(checked: config.Checked, run_dir: Path, key: identity.CellKey, inputs: dict, sweep_dir: Path | None,
          t_start: float) -> Record:
+    cfg, noise_model, estimator = checked.cfg, checked.noise_model, checked.estimator
     if identity.other_config(run_dir, key, config.schema_defaults()):
         raise UserError(f"run_dir: '{run_dir}' holds a results.json of another config (or not written by this "
                         "project); give another hydra.run.dir (or delete that file)")
@@ -128,8 +130,6 @@ def _run(cfg: DictConfig, run_dir: Path, key: identity.CellKey, inputs: dict, sw
             f"data.shift: {cfg.data.shift} pixels would move {h}x{w} images out of view; at most {min(h, w) - 1}"
         )
     _check_model(cfg, ds)
-    noise_model: NoiseModel = instantiate(cfg.noise)
-    estimator: QEstimator = instantiate(cfg.q)
     noisy = _checked_noise(noise_model.apply(ds, cfg.data, cfg.level, cfg.seed), cfg.noise)
     noisy = dataclasses.replace(noisy, pool_size=len(ds.pool))
     noisy = noisy.for_outputs(estimator.outputs(noisy))  # the estimator sizes the net; its data follows
