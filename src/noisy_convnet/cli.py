@@ -3,7 +3,7 @@
 
 A user error (bad level, unknown data set or option, malformed matrix file, ...) ends with one line on
 stderr naming the key and what is allowed, and exit status 2; Hydra's own composition errors are turned
-into that line too (config.user_error). In a sweep, a bad cell says so in one line and the others run.
+into that line too (hydra_errors.user_error). In a sweep, a bad cell says so in one line and the others run.
 A training that diverges ends with one line and exit status 1 (in a sweep: one line, and the other cells run).
 A sweep with failed cells ends with one line naming them, exit status 2 (all user mistakes) or 1.
 """
@@ -15,8 +15,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .config import check_values, user_error
+from .config import check_values
 from .errors import Diverged, UserError
+from .hydra_errors import user_error
 from .launch import STATUS, SWEEP_PID, cell_failed, share_machine, stop_with_sweep, sweep_cell
 
 
