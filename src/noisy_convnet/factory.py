@@ -174,16 +174,10 @@ class Trainers:
             checkpoints = self.run_dir / "checkpoints" / f"training{self._fits}"
             return self._train(layer, train, val, settings, start, ask, checkpoints)
         key = stage_key(stage, self._stage_inputs(layer_state, train, val, settings, start))
-        with self.stages.claim(stage, key) as folder:  # a second cell asking for it waits here
-            stored = self.stages.load(stage, key)
-            if stored is None:
-                training = self._train(layer, train, val, settings, start, ask, folder / "checkpoints")
-                training.stage = StageUse(stage, key, trained=True)
-                self.stages.save(stage, key, _state(training))
-        if stored is not None:  # outside the lock: the next waiting cell need not wait for this one's outputs
-            log.info("stage %s reused from %s", stage, folder)
-            training = self._reuse(stored, layer, train, val, ask)
-            training.stage = StageUse(stage, key, trained=False)
+        training, trained = self.stages.get_or_train(  # a second cell asking for it waits for the first
+            stage, key, lambda checkpoints: self._train(layer, train, val, settings, start, ask, checkpoints),
+            _state, lambda stored: self._reuse(stored, layer, train, val, ask))
+        training.stage = StageUse(stage, key, trained=trained)
         self.used.append(training.stage)
         return training
 

@@ -88,6 +88,20 @@ class StageStore:
             return None
         return state if isinstance(state, dict) and state.get("key") == key else None
 
+    def get_or_train(self, name: str, key: str, train, state_of, reuse):
+        """The stage protocol: under the stage's lock, its stored state if a process stored it for this key,
+        else ``train(checkpoints_folder)``, whose ``state_of(result)`` is stored; the stored state is turned
+        into a result by ``reuse(state)`` outside the lock (the next waiting cell need not wait for it).
+        Returns (the result, whether it was trained here)."""
+        with self.claim(name, key) as folder:
+            stored = self.load(name, key)
+            if stored is None:
+                result = train(folder / "checkpoints")
+                self.save(name, key, state_of(result))
+                return result, True
+        log.info("stage %s reused from %s", name, folder)
+        return reuse(stored), False
+
     def save(self, name: str, key: str, state: dict) -> None:
         buf = io.BytesIO()
         torch.save({**state, "key": key}, buf)
