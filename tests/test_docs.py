@@ -63,3 +63,14 @@ def test_the_docs_list_every_estimator():
     for doc, extra in (("docs/usage.md", {"custom"}), ("docs/results_schema.md", set())):
         (row,) = [line for line in (ROOT / doc).read_text().splitlines() if line.startswith("| `q` |")]
         assert set(re.findall(r"`([a-z]+)`", row)) - {"q", "str"} == set(NAMES) | extra, doc
+
+
+def test_the_code_map_names_every_module():
+    """docs/usage.md's "Where the code lives" names every module and package of src/noisy_convnet, and only
+    those: a module added or removed without it fails here."""
+    text = (ROOT / "docs" / "usage.md").read_text().split("## Where the code lives", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`([a-z_]+(?:\.py|/))`", text))
+    src = ROOT / "src" / "noisy_convnet"
+    there = {p.name + ("/" if p.is_dir() else "") for p in src.iterdir()
+             if (p.suffix == ".py" and p.name != "__init__.py") or (p.is_dir() and not p.name.startswith("__"))}
+    assert named == there

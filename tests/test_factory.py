@@ -10,7 +10,9 @@ from hydra.utils import instantiate
 
 from noisy_convnet import config, datasets
 from noisy_convnet.factory import Trainers
+from noisy_convnet.fitting import Start
 from noisy_convnet.layers import NoiseLayer
+from noisy_convnet.protocol import Spec
 
 from .test_layers import learned
 
@@ -25,8 +27,8 @@ def _setup(make_cfg, tmp_path, *overrides, epochs=2):
     noisy = instantiate(cfg.noise).apply(ds, cfg.data, cfg.level, cfg.seed)
     train, val = datasets.holdout(noisy.train, cfg.data.val_fraction)
     run_dir = tmp_path / f"run{next(RUNS)}"  # a run folder each (its trainings' checkpoints); one stages folder
-    factory = Trainers(cfg, ds.shape, noisy.test, noisy.q_true, noisy.num_classes, run_dir, "test", None,
-                       tmp_path / "stages")
+    factory = Trainers(Spec.of(cfg), ds.shape, noisy.test, noisy.q_true, noisy.num_classes, run_dir,
+                       stages_dir=tmp_path / "stages")
     return factory, train, val
 
 
@@ -107,7 +109,7 @@ def _key(make_cfg, tmp_path, *overrides, layer=None, role="plain", early_stoppin
     layer = layer or NoiseLayer(10)
     state = factory._check_call(layer, ("probs",), None, False, "plain")
     settings = factory.settings(role, early_stopping)
-    return stage_key("plain", factory._stage_inputs(state, train, val, settings, (None, False, None)))
+    return stage_key("plain", factory._stage_inputs(state, train, val, settings, Start()))
 
 
 def test_the_stage_key_is_one_for_equal_inputs_and_another_for_each_changed_input(make_cfg, tmp_path):

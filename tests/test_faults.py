@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from noisy_convnet import config, identity, noise, report
+from noisy_convnet import cell, config, identity, noise, report
 from noisy_convnet.errors import Diverged, UserError
 from noisy_convnet.estimators import Fitted, NoQ
 from noisy_convnet.layers import NoiseLayer
@@ -76,7 +76,7 @@ def test_a_truncated_checkpoint_is_set_aside_and_the_training_runs_again(make_cf
     from omegaconf import OmegaConf
 
     key = identity.CellKey.of(OmegaConf.to_container(cfg, resolve=True), config.schema_defaults())
-    identity.claim_checkpoints(tmp_path / "run", key)  # as a run killed while writing its checkpoint leaves it
+    cell.claim_checkpoints(tmp_path / "run", key)  # as a run killed while writing its checkpoint leaves it
     cut = tmp_path / "run" / "checkpoints" / "training1" / "last.ckpt"
     cut.parent.mkdir(parents=True)
     cut.write_bytes(b"PK\x03\x04 cut short")

@@ -103,7 +103,7 @@ def test_a_folder_of_images_as_outliers(mnist, tmp_path):
     with pytest.raises(UserError, match="^noise.outlier_source: no images"):
         outliers.folder_images(str(tmp_path / "junk" / "none"), mnist.shape, np.random.default_rng(0))
     (tmp_path / "junk" / "sub" / "fake.jpg").write_text("not an image")  # one line naming it, no traceback
-    with pytest.raises(UserError, match=r"^noise.outlier_source: '.*fake.jpg' cannot be read as an image"):
+    with pytest.raises(UserError, match=r"^noise.outlier_source: '.*fake.jpg' cannot be decoded as an image"):
         outliers.folder_images(str(tmp_path / "junk"), mnist.shape, np.random.default_rng(0))
 
 

@@ -11,8 +11,9 @@ import torch
 
 from noisy_convnet.errors import UserError
 from noisy_convnet.estimators import Fitted, QEstimator
-from noisy_convnet.factory import _layer_state, _unreadable
+from noisy_convnet.fitting import unreadable
 from noisy_convnet.layers import FixedNoiseLayer, NoiseLayer
+from noisy_convnet.stages import layer_inputs
 from noisy_convnet.train import run
 
 
@@ -29,14 +30,14 @@ class PlainQ(FixedNoiseLayer):
 
 def test_a_plain_tensor_attribute_of_a_layer_is_part_of_its_stage_key():
     a, b = PlainQ(np.eye(3)), PlainQ(np.full((3, 3), 1 / 3))
-    assert _layer_state(a) != _layer_state(b) and _layer_state(a) == _layer_state(PlainQ(np.eye(3)))
+    assert layer_inputs(a) != layer_inputs(b) and layer_inputs(a) == layer_inputs(PlainQ(np.eye(3)))
 
 
 def test_a_layer_attribute_that_cannot_be_hashed_is_refused():
     layer = NoiseLayer(3)
     layer.hook = print
     with pytest.raises(UserError, match="^q._target_: .*attribute 'hook' is a builtin_function_or_method"):
-        _layer_state(layer)
+        layer_inputs(layer)
 
 
 class Evil:
@@ -52,9 +53,9 @@ def test_a_checkpoint_that_would_run_code_is_unreadable_and_never_run(tmp_path):
     MARK = tmp_path / "ran"
     path = tmp_path / "last.ckpt"
     path.write_bytes(pickle.dumps({"state_dict": Evil()}))
-    assert _unreadable(path) and not MARK.exists()
+    assert unreadable(path) and not MARK.exists()
     torch.save({"state_dict": {"w": torch.zeros(2)}, "epoch": 3}, path)  # a checkpoint of tensors and values
-    assert not _unreadable(path)
+    assert not unreadable(path)
 
 
 class Misuse(QEstimator):

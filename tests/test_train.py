@@ -235,7 +235,7 @@ KILL_AT_EPOCH_5 = """
 import logging, os, signal, sys
 logging.basicConfig(level=logging.INFO)  # the project's own lines ("training 1 resumes from ...last.ckpt")
 import pytorch_lightning as pl
-from noisy_convnet import factory
+from noisy_convnet import fitting
 from noisy_convnet.config import compose
 from noisy_convnet.train import run
 
@@ -244,10 +244,10 @@ class Kill(pl.Callback):  # as a node lost at epoch 5 of 10 would, after epoch 4
         if trainer.current_epoch == 5:
             os.kill(os.getpid(), signal.SIGKILL)
 
-build = factory.build_callbacks
+build = fitting.build_callbacks
 if sys.argv[1].startswith("kill:"):  # kill:trainingN (a training of the run) or kill:plain (a shared stage)
     hit = lambda path: any(part.startswith(sys.argv[1][5:]) for part in path.parts[-2:])
-    factory.build_callbacks = lambda *a: build(*a) + ([Kill()] if hit(a[1]) else [])
+    fitting.build_callbacks = lambda *a: build(*a) + ([Kill()] if hit(a[1]) else [])
 run(compose(sys.argv[2:]))
 """
 

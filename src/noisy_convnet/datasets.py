@@ -235,16 +235,18 @@ def _check_images(
                         "replace or remove them")
 
 
-def read_image(path: str):
-    """torchvision's loader (RGB), or one line naming a file that cannot be decoded (an image cut short after a
-    sound header, which the header check lets through), raised where the image is read: in a DataLoader
-    worker, the training's exception carries it (errors.from_worker)."""
-    from torchvision.datasets.folder import default_loader
+def read_image(path: str | Path, mode: str = "RGB", key: str = "data.root"):
+    """An image file as a PIL image in ``mode`` (torchvision's loader: RGB), or one line naming ``key`` and a
+    file that cannot be decoded (an image cut short after a sound header, which the header check lets
+    through), raised where the image is read: in a DataLoader worker, the training's exception carries it
+    (errors.from_worker)."""
+    from PIL import Image
 
     try:
-        return default_loader(path)
+        with open(path, "rb") as f, Image.open(f) as im:
+            return im.convert(mode)
     except Exception as e:  # noqa: BLE001 -- PIL raises many kinds for a broken file
-        raise UserError(f"data.root: '{path}' cannot be decoded as an image ({type(e).__name__}: {str(e)[:80]}); "
+        raise UserError(f"{key}: '{path}' cannot be decoded as an image ({type(e).__name__}: {str(e)[:80]}); "
                         "replace or remove it") from None
 
 

@@ -5,14 +5,14 @@ A cell's identity is its ``CellKey``: a hash of the part of its resolved config 
 ``data.root`` where it only says where verified files lie (``root_is_location``), and
 without the schema's keys that hold their default, so that spelling a default out, or an option added
 after a cell ran, changes nothing) and a hash of the input files its config names (a noise matrix, a label
-file: ``input_hashes``). It decides
+file: ``input_hashes``). It decides (the folder side in cell.py, ``Cell``)
 
-- resume: a cell whose folder holds a results.json with the same key is finished (``finished``);
-- twins: a finished cell of the same sweep with the same key under another folder name (``finished_beside``),
-  found by a marker file named after the key (``.cell-<id>``), so a cell never re-reads its siblings' records;
+- resume: a cell whose folder holds a results.json with the same key is finished;
+- twins: a finished cell of the same sweep with the same key under another folder name, found by a marker
+  file named after the key (``.cell-<id>``), so a cell never re-reads its siblings' records;
 - stale inputs: the same config with a changed input file is another cell (the key's ``inputs``);
-- a run folder holding another config's results is refused (``other_config``);
-- a killed run's checkpoints resume only the same key (``claim_checkpoints``);
+- a run folder holding another config's results is refused;
+- a killed run's checkpoints resume only the same key;
 - the folder name: Hydra's ``exclude_keys`` are the ``VOLATILE`` keys and Hydra's own (``exclude_keys``),
   and values holding a path are written without nesting folders (``cell_dir``).
 """
@@ -21,16 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from .errors import UserError
-from .files import write_atomic
-from .record import RESULTS_FILE, Record, read, to_jsonable
+from .record import to_jsonable
 
 # Config keys that say where and how a run is watched, not what it computes: a finished cell is reused
 # whatever they are (a rerun may log elsewhere, or run with another launcher).
@@ -50,7 +47,6 @@ HYDRA_ONLY = ("experiment", "hydra.sweep.dir", "hydra.run.dir", "hydra/launcher"
 # of a cell's identity at that value, so finished cells stay finished (the schema's own keys need no entry:
 # their defaults are left out already).
 ADDED = {("q", "start"): "estimated", ("q", "optimizer"): None}
-MARKER = ".cell-"  # + CellKey.id: an empty file beside a finished cell's results.json
 NAME_MAX = 255  # bytes in one file name on Linux and macOS file systems
 
 
@@ -208,92 +204,3 @@ class CellKey:
 
     def to_dict(self) -> dict:
         return {"config": self.config, "inputs": self.inputs}
-
-
-def _stored(run_dir: Path) -> dict | None:
-    try:
-        record = read(run_dir / RESULTS_FILE)
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def mark(run_dir: str | Path, key: CellKey) -> None:
-    """The marker of a finished cell (after its results.json): twins find it by name, reading nothing."""
-    write_atomic(Path(run_dir) / f"{MARKER}{key.id}", "")
-
-
-def finished(run_dir: str | Path, key: CellKey, defaults: dict) -> Record | None:
-    """The stored record if run_dir holds a results.json of this very cell, else None (no file, an
-    unreadable one, or one of another config or other input files: the cell runs)."""
-    record = _stored(Path(run_dir))
-    if record is None or CellKey.stored(record, defaults) != key:
-        return None
-    return Record.from_dict(record)
-
-
-def finished_beside(sweep_dir: str | Path, run_dir: str | Path, key: CellKey, defaults: dict
-                    ) -> tuple[Path, Record] | None:
-    """A finished cell of the sweep with this very key in another folder (the same cell named by other
-    overrides, e.g. with a default spelled out): (its folder, its record), else None. Found by its marker;
-    a finished cell written before markers existed gets one here, once."""
-    sweep_dir, here, unmarked = Path(sweep_dir), Path(run_dir).resolve(), set()
-    for results in sweep_dir.glob(f"*/{RESULTS_FILE}"):  # records that predate markers: mark them once
-        if not any(results.parent.glob(f"{MARKER}*")):
-            unmarked.add(results.parent)
-            record = _stored(results.parent)
-            old = None if record is None else CellKey.stored(record, defaults)
-            if old is not None:
-                try:
-                    mark(results.parent, old)
-                except OSError:  # a folder this process may not write (an archive): it is read, not marked
-                    pass
-    for folder in sorted({m.parent for m in sweep_dir.glob(f"*/{MARKER}{key.id}")} | unmarked):
-        if folder.resolve() != here:
-            record = finished(folder, key, defaults)  # the record itself decides (a marker may be stale)
-            if record is not None:
-                return folder, record
-    return None
-
-
-def other_config(run_dir: str | Path, key: CellKey, defaults: dict) -> bool:
-    """run_dir holds a results.json that is not this cell's (another config's, not this one with changed
-    input files; or a file this project did not write): a run must not overwrite it. A one-batch check's
-    record (trainer.fast_dev_run) is not a result and gives way."""
-    path = Path(run_dir) / RESULTS_FILE
-    if not path.exists():
-        return False
-    record = _stored(Path(run_dir))
-    stored = None if record is None else CellKey.stored(record, defaults)
-    if stored is None:
-        return True  # someone else's file
-    return stored.config != key.config and not ((record.get("config") or {}).get("trainer") or {}).get("fast_dev_run")
-
-
-CHECKPOINTS = "checkpoints"  # run_dir/checkpoints/training<N>/ and fingerprint.json: the run's own, nothing else
-
-
-def drop_checkpoints(run_dir: str | Path) -> None:
-    """Delete the checkpoints this project writes in run_dir (training<N>/ folders and the fingerprint),
-    and the checkpoints folder only if nothing else is left in it: a user's own files there stay."""
-    ckpt = Path(run_dir) / CHECKPOINTS
-    if not (ckpt / "fingerprint.json").is_file():  # not this project's folder: nothing in it is touched
-        return
-    for p in ckpt.iterdir():
-        if p.is_dir() and not p.is_symlink() and re.fullmatch(r"training\d+(\.unreadable-[\d-]+)?", p.name):
-            shutil.rmtree(p)
-    (ckpt / "fingerprint.json").unlink(missing_ok=True)
-    if not any(ckpt.iterdir()):
-        ckpt.rmdir()
-
-
-def claim_checkpoints(run_dir: str | Path, key: CellKey) -> None:
-    """A killed run's checkpoints (run_dir/checkpoints) resume only the same cell key: any others of this
-    project's are deleted before the run trains."""
-    ckpt = Path(run_dir) / CHECKPOINTS
-    fingerprint = ckpt / "fingerprint.json"
-    stamp = json.dumps({"cell": key.id})
-    if ckpt.exists() and (not fingerprint.is_file() or fingerprint.read_text() != stamp):
-        drop_checkpoints(run_dir)
-    if not fingerprint.is_file():
-        write_atomic(fingerprint, stamp)

@@ -24,7 +24,7 @@ T = TypeVar("T")
 CHATTY = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
           "lightning_fabric.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
 LIBRARY_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                    # the best epoch is tested: the first ModelCheckpoint is the best one's (factory.build_callbacks)
+                    # the best epoch is tested: the first ModelCheckpoint is the best one's (fitting.build_callbacks)
                     r"`\.test\(ckpt_path=\"best\"\)` is called with Trainer configured with multiple",
                     # where SLURM is installed (its srun found), outside a SLURM job: Lightning's advice to use srun
                     r"The `srun` command is available on your system but is not used")

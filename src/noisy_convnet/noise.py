@@ -17,6 +17,10 @@ import numpy as np
 
 from .errors import UserError
 
+
+class NoColumn(UserError):
+    """A label file without the column asked for (or with several and none asked): ``noise.column``."""
+
 MATRIX_KINDS = ("uniform", "pair", "random")
 # Column sums may differ from 1 by this much in a user's file (CSV round-off).
 STOCHASTIC_TOL = 1e-4
@@ -206,9 +210,9 @@ def labels_from_file(
                             "would run code from the file)") from None
         raise UserError(f"noise.file: cannot read '{path}' ({str(e) or 'empty file'})") from None
     if column is None and len(table) != 1:
-        raise UserError(f"noise.column: '{path}' has several columns; choose one of {', '.join(map(str, table))}")
+        raise NoColumn(f"noise.column: '{path}' has several columns; choose one of {', '.join(map(str, table))}")
     if column is not None and column not in table:
-        raise UserError(f"noise.column: '{column}' is not in '{path}'; choose one of {', '.join(map(str, table))}")
+        raise NoColumn(f"noise.column: '{column}' is not in '{path}'; choose one of {', '.join(map(str, table))}")
     if path.suffix == ".csv" and any(str(c).strip().lstrip("-").isdigit() for c in table):
         raise UserError(f"noise.file: '{path}' has no header row (its first line reads as a label); start it with "
                         "a column name, e.g. 'label'")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .datasets import Dataset, ImageFiles, Split, _check_images
+from .datasets import Dataset, ImageFiles, Split, _check_images, read_image
 from .errors import UserError
 
 SOURCES = ("classes", "photos")  # built in; a torchvision data set's name or a folder path also work
@@ -78,17 +78,10 @@ def folder_images(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every image below ``path`` in the data set's shape, split in a seeded half for training and the
     other half for testing."""
-    from PIL import Image
-
     mode = "L" if shape[0] == 1 else "RGB"
 
     def read(f: Path) -> torch.Tensor:
-        try:
-            with Image.open(f) as im:
-                a = np.array(im.convert(mode))  # a writable copy: torch warns on read-only arrays
-        except Exception as e:  # noqa: BLE001 -- PIL raises many kinds for a file that is not a sound image
-            raise UserError(f"noise.outlier_source: '{f}' cannot be read as an image ({type(e).__name__}: "
-                            f"{str(e)[:80]}); replace or remove it") from None
+        a = np.array(read_image(f, mode, "noise.outlier_source"))  # a writable copy: torch warns on read-only arrays
         return to_shape(torch.from_numpy(a[:, :, None] if a.ndim == 2 else a).permute(2, 0, 1)[None], shape)
 
     return tuple(torch.cat([read(f) for f in part]) for part in halved_image_files(path, rng))

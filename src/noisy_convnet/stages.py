@@ -10,7 +10,8 @@ progress bars) is not an input. A stage lives in ``<root>/<name>-<key>/``
 (``root``: the sweep's ``stages/`` folder, or the run folder's for a single run) as ``stage.pt``, written
 atomically once its training and test ended; while it trains, its checkpoints live there too (a killed
 stage resumes from them, whichever cell runs it next) and its lock makes a second cell wait for it instead
-of training it twice. ``stage.pt`` holds only tensors and plain values and is read with
+of training it twice (``StageStore.get_or_train``). ``layer_inputs`` and ``split_inputs`` give the noise
+layer's and the images' part of the key. ``stage.pt`` holds only tensors and plain values and is read with
 ``torch.load(weights_only=True)``: reading it runs no code.
 """
 
@@ -25,9 +26,13 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from .datasets import Split
+from .errors import UserError
 from .files import lock, write_atomic
+from .layers import NoiseLayer
 
 STAGE_FILE = "stage.pt"
 NAME = r"[A-Za-z0-9_-]{1,64}"  # a stage's name: its folder is <name>-<key>, so no path in a name
@@ -108,3 +113,43 @@ class StageStore:
         folder = self.folder(name, key)
         write_atomic(folder / STAGE_FILE, buf.getvalue())
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the stage is kept; its checkpoints are not
+
+
+# --- what decides a stage besides the config: its noise layer and its images --------------------------
+
+def layer_inputs(layer: NoiseLayer, where: str = "q._target_: the estimator trains") -> dict:
+    """What decides a noise layer besides its class: its public attributes (numbers, strings, and arrays or
+    tensors by digest, a plain tensor attribute as much as a buffer) and its state dict. An attribute of
+    another kind cannot be hashed for a shared stage, and is refused (UserError)."""
+    out = {"type": f"{type(layer).__module__}.{type(layer).__qualname__}",
+           "state": {k: digest(v) for k, v in layer.state_dict().items()}}
+    for k, v in vars(layer).items():
+        if k.startswith("_") or k == "training":
+            continue
+        if isinstance(v, (bool, int, float, str, type(None))):
+            out[k] = v
+        elif isinstance(v, (torch.Tensor, np.ndarray)):
+            out[k] = digest(torch.as_tensor(v))
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, (bool, int, float, str, type(None))) for x in v):
+            out[k] = list(v)
+        else:
+            raise UserError(
+                f"{where} with a {type(layer).__name__} whose attribute '{k}' is a {type(v).__name__}: "
+                "what decides a noise layer must be numbers, strings, arrays or tensors"
+            )
+    return out
+
+
+def split_inputs(s: Split) -> dict:
+    return {"x": digest(s.x), "y": digest(s.y), "source": None if s.source is None else _source(s.source)}
+
+
+def _source(source) -> str:
+    """What a file-backed split reads: its files (an image folder's samples, an outlier folder's list, a
+    concatenation of them) and transform, hashed."""
+    parts = [type(source).__qualname__]
+    for inner in getattr(source, "datasets", None) or [source]:  # a ConcatDataset: each of its parts
+        files = getattr(inner, "samples", None) or getattr(inner, "files", None)
+        parts += [type(inner).__qualname__, repr(files if files is not None else getattr(inner, "root", inner)),
+                  repr(getattr(inner, "transform", None))]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()

@@ -30,15 +30,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import config, datasets, identity, noise, plots
 from . import record as record_file
+from .cell import INDICES, LABELS, Q_PNG, Cell
 from .errors import Diverged, UserError
 from .estimators import Fitted
 from .factory import Trainers, Training
-from .files import lock, save_array, write_atomic
+from .files import save_array
 from .launch import sweep_cell
-from .loggers import quiet
+from .loggers import build_loggers, quiet
 from .noise_models import NoisyData
-from .record import RESULTS_FILE, SAME_AS, Record
-from .stages import StageStore
+from .protocol import Spec
+from .record import Record
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,6 @@ def default_run_dir() -> str:
 
 
 VAL_PER_CLASS = 10  # the smallest noisy validation slice that early stopping or a selection may use
-# What a run writes in its folder (True: a folder): a file or folder of another kind there is refused.
-STAGES, LABELS, INDICES, Q_PNG, MODEL = "stages", "noisy_labels.npy", "indices.npy", "Q.png", "model.pt"
-WRITTEN = {identity.CHECKPOINTS: True, STAGES: True, RESULTS_FILE: False, LABELS: False, INDICES: False,
-           Q_PNG: False, MODEL: False}
 
 
 def run(cfg: DictConfig) -> Record:
@@ -75,23 +72,18 @@ def run(cfg: DictConfig) -> Record:
                         "created and written") from None
     resolved, defaults = OmegaConf.to_container(cfg, resolve=True), config.schema_defaults()
     inputs = identity.input_hashes(resolved)  # the input files, read once
-    key = identity.CellKey.of(resolved, defaults, inputs)
-    with lock(run_dir / ".lock", f"the cell {run_dir}"):  # the same cell started twice at once: one waits, then skips
-        done = identity.finished(run_dir, key, defaults)
-        if done is not None:  # resume: this cell already ran with this very config
-            log.info("already finished, skipped: %s", run_dir / RESULTS_FILE)
+    cell = Cell(run_dir, identity.CellKey.of(resolved, defaults, inputs), defaults, _sweep_dir())
+    with cell.claimed():  # the same cell started twice at once: one waits, then skips
+        done = cell.finished()
+        if done is not None:  # resume: this cell (or its twin beside it) already ran with this very config
+            log.info("already finished, skipped: %s", run_dir)
             return done
-        sweep_dir = _sweep_dir()
-        beside = None if sweep_dir is None else identity.finished_beside(sweep_dir, run_dir, key, defaults)
-        if beside is None:
-            threads = torch.get_num_threads()
-            try:
-                return _run(checked, run_dir, key, inputs, sweep_dir, t_start)
-            finally:  # a run's thread count must not reach later runs in this process (their float sums)
-                torch.set_num_threads(threads)
-        log.info("already finished, skipped: %s is this cell", beside[0] / RESULTS_FILE)
-        write_atomic(run_dir / SAME_AS, json.dumps({"results": str(beside[0] / RESULTS_FILE)}))
-    return beside[1]
+        cell.prepare()
+        threads = torch.get_num_threads()
+        try:
+            return _run(checked, cell, inputs, t_start)
+        finally:  # a run's thread count must not reach later runs in this process (their float sums)
+            torch.set_num_threads(threads)
 
 
 def _sweep_dir() -> Path | None:
@@ -103,18 +95,8 @@ def _sweep_dir() -> Path | None:
     return sweep if Path(hc.runtime.output_dir).resolve().parent == sweep else None
 
 
-def _run(checked: config.Checked, run_dir: Path, key: identity.CellKey, inputs: dict, sweep_dir: Path | None,
-         t_start: float) -> Record:
-    cfg, noise_model, estimator = checked.cfg, checked.noise_model, checked.estimator
-    if identity.other_config(run_dir, key, config.schema_defaults()):
-        raise UserError(f"run_dir: '{run_dir}' holds a results.json of another config (or not written by this "
-                        "project); give another hydra.run.dir (or delete that file)")
-    for name, folder in WRITTEN.items():  # what this run writes there must be free for it
-        path = run_dir / name
-        if path.exists() and path.is_dir() != folder:
-            raise UserError(f"run_dir: '{path}' is a {'folder' if path.is_dir() else 'file'}, where a run writes its "
-                            f"{'folder' if folder else 'file'} of that name; give another hydra.run.dir")
-    identity.claim_checkpoints(run_dir, key)  # a killed run's checkpoints resume only this very cell
+def _run(checked: config.Checked, cell: Cell, inputs: dict, t_start: float) -> Record:
+    cfg, noise_model, estimator, run_dir = checked.cfg, checked.noise_model, checked.estimator, cell.dir
     if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError("trainer: accelerator gpu, but this machine has no GPU that torch can use; use trainer=cpu")
     if cfg.threads:
@@ -144,10 +126,15 @@ def _run(checked: config.Checked, run_dir: Path, key: identity.CellKey, inputs: 
     _keep_labels(noisy, run_dir)
     run_name = f"{ds.name}-{noisy.noise}-{noisy.level:g}-q_{estimator.name}-s{cfg.seed}"
     hparams = {"q": estimator.name, "noise": noisy.noise, **flat(OmegaConf.to_container(cfg, resolve=True))}
-    stages = (sweep_dir if sweep_dir is not None else run_dir) / STAGES  # shared by the sweep's cells
-    ours = sweep_dir is None  # a single run's stages: removed once its record is written
-    trainers = Trainers(cfg, ds.shape, noisy.test, noisy.q_true, noisy.num_classes, run_dir, run_name, hparams,
-                        stages)
+
+    def watch(training: int) -> list:  # a dashboard groups and filters runs by any of these keys
+        loggers = build_loggers(cfg, run_name, training)
+        for lg in loggers:
+            lg.log_hyperparams({**hparams, "training": training})
+        return loggers
+
+    trainers = Trainers(Spec.of(cfg), ds.shape, noisy.test, noisy.q_true, noisy.num_classes, run_dir, watch,
+                        cell.stages)
     fitted = _checked_fit(estimator.fit(noisy, train, val, trainers), noisy, cfg.q)
     t = fitted.training
     record = Record(
@@ -158,24 +145,21 @@ def _run(checked: config.Checked, run_dir: Path, key: identity.CellKey, inputs: 
         q_error=None if fitted.q is None else noise.q_error(fitted.q, noisy.q_true),
         test_error=t.test.test_error, confusion=t.test.confusion, val_nll=t.val_nll, epochs=t.epochs,
         trainings=trainers.count, train_images_per_s=t.images_per_s, device=t.device,
-        threads=torch.get_num_threads(), channels_last=trainers.channels_last, provenance=record_file.provenance(),
+        threads=torch.get_num_threads(), channels_last=trainers.spec.channels_last, provenance=record_file.provenance(),
         wall_s=time.perf_counter() - t_start, config=OmegaConf.to_container(cfg, resolve=True),
         pool_size=len(ds.pool), test_size=len(ds.test), inlier_ap=t.test.inlier_ap, pr_curve=t.test.pr_curve,
         stages=trainers.used, protocol={"name": cfg.protocol.name, "estimator": cfg.protocol.estimator,
                                           "trainings": trainers.protocol},
         input_hashes=inputs,
-        cell=key.to_dict(), fields={**noisy.extra, **fitted.fields},
+        cell=cell.key.to_dict(), fields={**noisy.extra, **fitted.fields},
     )
     plots.save(plots.q_heatmaps(noisy.q_true, fitted.q, _title(record)), run_dir / Q_PNG)
-    if cfg.save_model:  # the tested base net's weights, kept beside its record (written first: a record means both)
+    model = None
+    if cfg.save_model:  # the tested base net's weights, kept beside its record
         buf = io.BytesIO()
         torch.save(t.module.net.state_dict(), buf)
-        write_atomic(run_dir / MODEL, buf.getvalue())
-    path = record_file.write(run_dir, record)
-    identity.mark(run_dir, key)  # after the record: a twin under another name finds it by this file
-    identity.drop_checkpoints(run_dir)  # the record is written: this run's checkpoints go, nothing else
-    if ours:  # a single run's stages (its own, a killed run's) served its resume only; a user's files stay
-        StageStore(stages).clear()
+        model = buf.getvalue()
+    path = cell.complete(record, model)
     log.info("test error %.4f  (results: %s)", record.test_error, path)
     return record
 

@@ -40,7 +40,7 @@ Those that train through an estimated T (anchor, dualt, confident, hoc, trevisio
 their estimate, which separates the estimation error from what the training does (``q=anchor q.start=true``
 is forward correction through Q*, the same run as ``q=fixed``). Their record name gains "_oracle".
 Each training names its role ("plain", "reweight", "revision"), so a peer's protocol (the run's
-``protocol.<role>``) can give it its own epochs, optimiser and selection rule (factory.Trainers.settings).
+``protocol.<role>``) can give it its own epochs, optimiser and selection rule (protocol.Spec.settings).
 """
 
 from dataclasses import dataclass
