@@ -21,6 +21,7 @@ only the same key (``claim_checkpoints``) and go once its record is written (``d
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ STAGES, LABELS, INDICES, Q_PNG, MODEL = "stages", "noisy_labels.npy", "indices.n
 # What a run writes in its folder (True: a folder): a file or folder of another kind there is refused.
 WRITTEN = {CHECKPOINTS: True, STAGES: True, RESULTS_FILE: False, LABELS: False, INDICES: False, Q_PNG: False,
            MODEL: False}
+log = logging.getLogger(__name__)
 
 
 class Cell:
@@ -62,11 +64,13 @@ class Cell:
         """Its record when it ran already: here, or as a twin beside it in the sweep (then same_as.json here
         names the twin's results)."""
         done = finished(self.dir, self.key, self.defaults)
-        if done is not None or self.sweep_dir is None:
+        if done is not None:
+            log.info("already finished, skipped: %s", self.dir / RESULTS_FILE)
             return done
-        beside = finished_beside(self.sweep_dir, self.dir, self.key, self.defaults)
+        beside = None if self.sweep_dir is None else finished_beside(self.sweep_dir, self.dir, self.key, self.defaults)
         if beside is None:
             return None
+        log.info("already finished, skipped: %s is this cell", beside[0] / RESULTS_FILE)
         write_atomic(self.dir / SAME_AS, json.dumps({"results": str(beside[0] / RESULTS_FILE)}))
         return beside[1]
 

@@ -17,6 +17,7 @@ together (the reason it is over 300 lines).
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,7 +178,8 @@ def built(obj, node: DictConfig, key: str, base: type, method: str):
     """obj, checked to be what ``key`` must build: an instance of a subclass of ``base`` that implements
     ``method`` (a function, a plain class, a class of the other family or the abstract base is refused)."""
     target = node.get("_target_")
-    what = f"{base.__module__}.{base.__name__}"
+    package = sys.modules.get(base.__module__.rpartition(".")[0])  # the public name: a package's re-export
+    what = f"{package.__name__ if getattr(package, base.__name__, None) is base else base.__module__}.{base.__name__}"
     if not isinstance(obj, base):
         kind = "a class" if isinstance(obj, type) else type(obj).__name__
         raise UserError(f"{key}._target_: '{target}' builds {kind}, not a {what}; name a subclass of it")

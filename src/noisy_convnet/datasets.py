@@ -174,7 +174,7 @@ def _torchvision(name: str, root: str, download: bool, verify: bool) -> Dataset:
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """Image files read as ImageFolder reads them (torchvision's loader, RGB, then ``transform``), with no
+    """Image files read as ImageFolder reads them (``read_image``: RGB, then ``transform``), with no
     class: label -1. For outlier images that sit beside an image-folder data set."""
 
     def __init__(self, files: list[Path], transform):
@@ -184,9 +184,7 @@ class ImageFiles(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int):
-        from torchvision.datasets.folder import default_loader
-
-        return self.transform(default_loader(str(self.files[i]))), -1
+        return self.transform(read_image(self.files[i], key="noise.outlier_source")), -1
 
 
 def _imagefolder(root: str, image_size: int) -> Dataset:

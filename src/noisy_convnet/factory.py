@@ -125,7 +125,10 @@ class Trainers:
         if init is not None:
             if not isinstance(init, Training):
                 raise UserError(f"{where}(init=...) with a {type(init).__name__}; the Training an earlier fit gave")
-            with torch.device("meta"):  # shapes only: no weights drawn, the seeded generators untouched
+            try:
+                with torch.device("meta"):  # shapes only: no weights drawn, the seeded generators untouched
+                    mine = self.fitter.net(layer.num_classes).state_dict()
+            except Exception:  # noqa: BLE001 -- a user's network that needs values to be built: built for real
                 mine = self.fitter.net(layer.num_classes).state_dict()
             same = _shapes(mine) == _shapes(init.module.net.state_dict())
             same = same and (not init_noise or _shapes(init.module.noise.state_dict()) == _shapes(layer.state_dict()))

@@ -74,9 +74,8 @@ def run(cfg: DictConfig) -> Record:
     inputs = identity.input_hashes(resolved)  # the input files, read once
     cell = Cell(run_dir, identity.CellKey.of(resolved, defaults, inputs), defaults, _sweep_dir())
     with cell.claimed():  # the same cell started twice at once: one waits, then skips
-        done = cell.finished()
+        done = cell.finished()  # "already finished, skipped: ..." names the record found
         if done is not None:  # resume: this cell (or its twin beside it) already ran with this very config
-            log.info("already finished, skipped: %s", run_dir)
             return done
         cell.prepare()
         threads = torch.get_num_threads()
