@@ -168,3 +168,19 @@ def test_outlier_noise_with_a_matrix_file_flips_the_inliers_at_the_files_level(m
     assert r.actual_noise == pytest.approx(0.7, abs=0.04)  # 0.5 when the file was ignored
     with pytest.raises(UserError, match="^noise.inlier_level: noise.matrix is a file"):
         run(make_cfg("noise=outlier", f"noise.matrix={path}", "noise.inlier_level=0.2", run_dir=tmp_path / "r2"))
+
+
+def test_an_outlier_file_cut_after_its_header_is_one_line_naming_it(tmp_path):
+    """Beside an image folder the outliers stay files, read as the training reads them: a JPEG cut short after
+    a sound header passes the header check and fails when decoded, as one line naming noise.outlier_source."""
+    from PIL import Image
+
+    from noisy_convnet.datasets import ImageFiles
+
+    jpeg = tmp_path / "cut.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(jpeg, quality=95)
+    whole = ImageFiles([jpeg], lambda im: im.size)
+    assert whole[0] == ((48, 40), -1)
+    jpeg.write_bytes(jpeg.read_bytes()[:700])
+    with pytest.raises(UserError, match=r"^noise.outlier_source: '.*cut.jpg' cannot be decoded as an image"):
+        whole[0]
