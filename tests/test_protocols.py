@@ -215,3 +215,15 @@ def test_the_report_compares_each_estimator_under_its_protocol_with_the_shared_o
     assert set(anchor) == {"VolMinNet [shared]", "VolMinNet + early stopping [mine]"}
     assert e["mine", "volmin"] != e["shared", "volmin"]  # the protocols differ: the differences are not all 0
     assert (tmp_path / "out" / "peers_error_by_protocol.png").is_file()
+    # A variant of the shared protocol (another name, no estimator's own): its tables, no figure of own protocols
+    import json
+    import shutil
+
+    shutil.copytree(tmp_path / "sweep", tmp_path / "variant")
+    for path in (tmp_path / "variant").glob("*/results.json"):
+        record = json.loads(path.read_text())
+        record["protocol"]["estimator"] = None
+        path.write_text(json.dumps(record))
+    assert report.main([str(tmp_path / "variant"), "--out", str(tmp_path / "out2")]) == 0
+    assert "[mine]" in (tmp_path / "out2" / "comparison.md").read_text()
+    assert not (tmp_path / "out2" / "peers_error_by_protocol.png").exists()

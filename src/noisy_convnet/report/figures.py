@@ -208,7 +208,7 @@ def draw(df: pd.DataFrame, out: Path) -> list[Path]:
         save(_fig4a(outl), "fig4a_outliers")
     if len(outl) and outl["_record"].iloc[0].get("pr_curve") is not None:
         save(_fig4b(outl), "fig4b_inlier_pr")
-    if len(flip) and flip["protocol"].nunique() > 1:  # estimators under their own protocols and the shared one
+    if len(flip) and flip["protocol"].nunique() > 1 and peers.own_protocols(flip):  # own protocols beside the shared
         save(peers.figure(flip), "peers_error_by_protocol")
     elif len(flip) and flip["method"].nunique() > 4:  # several estimators compared on the same noisy labels
         save(estimators_figure(flip), "estimators_error_and_q_error")

@@ -83,6 +83,16 @@ def orderings(df: pd.DataFrame) -> pd.DataFrame:
     return t.droplevel(["protocol", "curve"]).rename_axis(index="minus anchor points'", columns=None).reset_index()
 
 
+def own_protocols(df: pd.DataFrame) -> dict:
+    """estimator -> the name of its own paper's protocol, for those the sweep ran under one (none: no figure)."""
+    own = {}
+    for r in df["_record"]:
+        p = r.get("protocol") or {}
+        if p.get("estimator"):
+            own[p["estimator"]] = p["name"]
+    return own
+
+
 def figure(df: pd.DataFrame):
     """Per setting, a group of bars per estimator that has an own protocol: under its own protocol, fixed Q*
     under that protocol, the estimator under the shared protocol, fixed Q* under the shared one (hatched:
@@ -92,11 +102,7 @@ def figure(df: pd.DataFrame):
     from ..plots import colour
 
     d = df.assign(setting=_setting(df), base=df["q"].map(str))
-    own_of = {}  # estimator -> its own protocol
-    for r in d["_record"]:
-        p = r.get("protocol") or {}
-        if p.get("estimator"):
-            own_of[p["estimator"]] = p["name"]
+    own_of = own_protocols(d)
     estimators = [q for q in _rows(d["base"]) if _base(q) in own_of]
     settings = sorted(d["setting"].unique())
     fig, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings), 4.2), squeeze=False, sharey=True)
@@ -121,7 +127,9 @@ def figure(df: pd.DataFrame):
                 ax.bar(i + (j - 1.5) * width, mean, width, yerr=sd or None, capsize=2, label=label,
                        color=colour("fixed" if fixed else q)[0], hatch="//" if hatched else None,
                        edgecolor="white")
-        ax.set_xticks(range(len(estimators)), [f"{q}\n({own_of[_base(q)]})" for q in estimators], fontsize=8)
+        ticks = ["\n".join([_base(q), *(["from Q*"] if q != _base(q) else []), f"({own_of[_base(q)]})"])
+                 for q in estimators]  # an oracle start's name on a line of its own: names never run together
+        ax.set_xticks(range(len(estimators)), ticks, fontsize=8)
         ax.set_title(f"noise: {setting}", fontsize=9)
         ax.grid(alpha=0.3, axis="y")
     axes[0][0].set_ylabel("clean test error (%), mean over seeds")
