@@ -80,7 +80,7 @@ def run(cfg: DictConfig) -> Record:
         cell.prepare()
         threads = torch.get_num_threads()
         try:
-            return _run(checked, cell, inputs, t_start)
+            return _run(checked, cell, resolved, inputs, t_start)
         finally:  # a run's thread count must not reach later runs in this process (their float sums)
             torch.set_num_threads(threads)
 
@@ -94,7 +94,8 @@ def _sweep_dir() -> Path | None:
     return sweep if Path(hc.runtime.output_dir).resolve().parent == sweep else None
 
 
-def _run(checked: config.Checked, cell: Cell, inputs: dict, t_start: float) -> Record:
+def _run(checked: config.Checked, cell: Cell, resolved: dict, inputs: dict, t_start: float) -> Record:
+    """One cell's work; ``resolved``: its config resolved once (the cell key's, the loggers', the record's)."""
     cfg, noise_model, estimator, run_dir = checked.cfg, checked.noise_model, checked.estimator, cell.dir
     if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError("trainer: accelerator gpu, but this machine has no GPU that torch can use; use trainer=cpu")
@@ -124,7 +125,7 @@ def _run(checked: config.Checked, cell: Cell, inputs: dict, t_start: float) -> R
                         f"({VAL_PER_CLASS} per class); raise it")
     _keep_labels(noisy, run_dir)
     run_name = f"{ds.name}-{noisy.noise}-{noisy.level:g}-q_{estimator.name}-s{cfg.seed}"
-    hparams = {"q": estimator.name, "noise": noisy.noise, **flat(OmegaConf.to_container(cfg, resolve=True))}
+    hparams = {"q": estimator.name, "noise": noisy.noise, **flat(resolved)}
 
     def watch(training: int) -> list:  # a dashboard groups and filters runs by any of these keys
         loggers = build_loggers(cfg, run_name, training)
@@ -145,7 +146,7 @@ def _run(checked: config.Checked, cell: Cell, inputs: dict, t_start: float) -> R
         test_error=t.test.test_error, confusion=t.test.confusion, val_nll=t.val_nll, epochs=t.epochs,
         trainings=trainers.count, train_images_per_s=t.images_per_s, device=t.device,
         threads=torch.get_num_threads(), channels_last=trainers.spec.channels_last, provenance=record_file.provenance(),
-        wall_s=time.perf_counter() - t_start, config=OmegaConf.to_container(cfg, resolve=True),
+        wall_s=time.perf_counter() - t_start, config=resolved,
         pool_size=len(ds.pool), test_size=len(ds.test), inlier_ap=t.test.inlier_ap, pr_curve=t.test.pr_curve,
         stages=trainers.used, protocol={"name": cfg.protocol.name, "estimator": cfg.protocol.estimator,
                                           "trainings": trainers.protocol},
