@@ -113,18 +113,22 @@ def test_importance_reweighting_through_the_true_t_reaches_forward_correction():
 
 
 def test_a_protocol_gives_each_stage_its_own_settings_and_the_record_names_them(make_cfg, tmp_path):
-    """T-Revision with a plain stage of 2 epochs by SGD, the run's 1 epoch for the reweighting (best noisy-
-    validation accuracy: patience null runs every epoch) and a revision stage of 1 epoch by Adam: each
-    training runs as its stage says, the revision's learning rate is its optimiser's, and the record lists
-    them in order."""
+    """T-Revision (the MLP, T from every noisy image) with a plain stage of 2 epochs by SGD, the run's 1 epoch
+    for the reweighting (best noisy-validation accuracy: patience null runs every epoch) and a revision stage
+    of 1 epoch by Adam: each training runs as its stage says, the revision's learning rate is its
+    optimiser's, and the record lists them in order, with the network's settings and the images T is
+    estimated on."""
     sgd = "{_target_: torch.optim.SGD, _partial_: true, lr: 0.05, momentum: 0.0, weight_decay: 1e-4}"
     adam = "{_target_: torch.optim.Adam, _partial_: true, lr: 1e-6, weight_decay: 1e-4}"
     plain = f"protocol.plain={{epochs: 2, optim: {{optimizer: {sgd}, scheduler: null}}}}"
     revision = f"protocol.revision={{epochs: 1, early_stopping: false, optim: {{optimizer: {adam}, scheduler: null}}}}"
     r = run(make_cfg("q=trevision", "early_stopping=true", "patience=null", "selection=accuracy",
-                     "protocol.name=mine", plain, revision))
+                     "protocol.name=mine", "protocol.estimate_on=all", "model=mlp", "model.dropout=0.3", plain,
+                     revision))
     stages = r.protocol["trainings"]
     assert r.protocol["name"] == "mine" and [s["role"] for s in stages] == ["plain", "reweight", "revision"]
+    assert r.protocol["estimate_on"] == "all"
+    assert [s["model"] for s in stages] == [{"name": "MLP", "hidden": [128, 128], "dropout": 0.3}] * 3
     assert [s["epochs"] for s in stages] == [2, 1, 1]
     assert [s["optimizer"]["name"] for s in stages] == ["SGD", "AdamW", "Adam"]
     assert [s["tested"] for s in stages] == ["best noisy-validation accuracy"] * 2 + ["last epoch"]
@@ -227,3 +231,61 @@ def test_the_report_compares_each_estimator_under_its_protocol_with_the_shared_o
     assert report.main([str(tmp_path / "variant"), "--out", str(tmp_path / "out2")]) == 0
     assert "[mine]" in (tmp_path / "out2" / "comparison.md").read_text()
     assert not (tmp_path / "out2" / "peers_error_by_protocol.png").exists()
+
+
+def _stage(spec, role, es=True):
+    s = spec.settings(role, es)
+    opt, sched = s.optim["optimizer"], s.optim.get("scheduler") or {}
+    return (s.epochs, opt["_target_"].rsplit(".", 1)[-1], opt["lr"], opt.get("momentum", 0.0),
+            opt.get("weight_decay", 0.0), list(sched.get("milestones") or []), s.early_stopping, s.selection)
+
+
+@pytest.mark.parametrize("preset, model, stages, q", [
+    # Patrini et al.: the MLP with dropout 0.2, AdaGrad lr 0.01, 40 epochs each net, lowest noisy-val loss,
+    # T from all the noisy images
+    ("patrini", ("MLP", [128, 128], 0.2),
+     {"plain": (40, "Adagrad", 0.01, 0.0, 0.0, [], True, "nll"),
+      None: (40, "Adagrad", 0.01, 0.0, 0.0, [], True, "nll")},
+     {"_target_": "noisy_convnet.estimators.AnchorQ"}),
+    # T-Revision: LeNet-5; plain 20 epochs SGD no momentum; reweighting 100 epochs SGD momentum 0.9, x0.1 at
+    # 40 and 80; revision 200 epochs Adam 5e-7, the last epoch; wd 1e-4, best noisy-val accuracy
+    ("trevision", ("LeNet5", None, None),
+     {"plain": (20, "SGD", 0.01, 0.0, 1e-4, [], True, "accuracy"),
+      "reweight": (100, "SGD", 0.01, 0.9, 1e-4, [40, 80], True, "accuracy"),
+      "revision": (200, "Adam", 5e-7, 0.0, 1e-4, [], False, "accuracy")},
+     {"_target_": "noisy_convnet.estimators.TRevisionQ"}),
+    # Dual-T: the MLP with dropout 0.5; SGD lr 0.01 without momentum, wd 1e-4, x0.1 every 50 epochs; the plain
+    # net 100 epochs, the nets through T 200; best noisy-val accuracy
+    ("dualt", ("MLP", [128, 128], 0.5),
+     {"plain": (100, "SGD", 0.01, 0.0, 1e-4, [50, 100, 150], True, "accuracy"),
+      None: (200, "SGD", 0.01, 0.0, 1e-4, [50, 100, 150], True, "accuracy")},
+     {"_target_": "noisy_convnet.estimators.DualTQ"}),
+    # VolMinNet: LeNet-5, one training of 60 epochs by SGD lr 0.01 momentum 0.9 wd 1e-4, no decay; T by an Adam
+    # of its own at lr 0.01 from W = -2, lambda 1e-4; lowest noisy-val loss
+    ("volmin", ("LeNet5", None, None),
+     {None: (60, "SGD", 0.01, 0.9, 1e-4, [], True, "nll")},
+     {"_target_": "noisy_convnet.estimators.VolMinQ", "init": -2.0, "vol_weight": 1e-4, "lr": 0.01,
+      "optimizer": "adam"}),
+])
+def test_each_peer_preset_runs_its_authors_protocol(preset, model, stages, q):
+    """What `experiment=protocol_<peer>` trains (the issue's table, read from the authors' code): full MNIST,
+    a 10% noisy validation slice (54,000 / 6,000), batch 128, each stage's net, epochs, optimiser, schedule
+    and selection rule, and the estimator's settings."""
+    from omegaconf import OmegaConf
+
+    from noisy_convnet.config import compose, validate
+    from noisy_convnet.protocol import Spec
+
+    cfg = validate(compose([f"experiment=protocol_{preset}", "noise.matrix=pair", "level=0.45"]))
+    spec = Spec.of(cfg)
+    assert (cfg.data.name, cfg.data.val_fraction, spec.batch_size, spec.shift) == ("mnist", 0.1, 128, 0)
+    assert cfg.data.train_size is None  # every training image (60,000 on MNIST)
+    name, hidden, dropout = model
+    assert spec.model["_target_"].rsplit(".", 1)[-1] == name
+    if hidden is not None:
+        assert (list(spec.model["hidden"]), spec.model["dropout"]) == (hidden, dropout)
+    for role, want in stages.items():
+        assert _stage(spec, role) == want, role
+    assert spec.estimate_on == ("all" if preset == "patrini" else "train")
+    assert OmegaConf.to_container(cfg.q, resolve=True).items() >= q.items()
+    assert cfg.protocol.name == preset

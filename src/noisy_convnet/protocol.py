@@ -38,8 +38,9 @@ class Settings:
     selection: str  # nll | accuracy: what "best" means
 
     def describe(self, model: dict) -> dict:
-        """The record's account of it: network, optimiser, schedule, epochs, which epoch is tested."""
-        return {"role": self.role or "run", "model": str(model.get("_target_", "")).rsplit(".", 1)[-1],
+        """The record's account of it: network (its class and settings: an MLP's hidden sizes and dropout),
+        optimiser, schedule, epochs, which epoch is tested."""
+        return {"role": self.role or "run", "model": _named(model),
                 "optimizer": _named(self.optim.get("optimizer")), "scheduler": _named(self.optim.get("scheduler")),
                 "epochs": self.epochs,
                 "tested": f"best noisy-validation {self.selection}" if self.early_stopping else "last epoch",

@@ -149,7 +149,7 @@ def _run(checked: config.Checked, cell: Cell, resolved: dict, inputs: dict, t_st
         wall_s=time.perf_counter() - t_start, config=resolved,
         pool_size=len(ds.pool), test_size=len(ds.test), inlier_ap=t.test.inlier_ap, pr_curve=t.test.pr_curve,
         stages=trainers.used, protocol={"name": cfg.protocol.name, "estimator": cfg.protocol.estimator,
-                                          "trainings": trainers.protocol},
+                                          "estimate_on": cfg.protocol.estimate_on, "trainings": trainers.protocol},
         input_hashes=inputs,
         cell=cell.key.to_dict(), fields={**noisy.extra, **fitted.fields},
     )
