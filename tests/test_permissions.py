@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from noisy_convnet.errors import UserError
+
 from .conftest import FAST, ROOT
 
 PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2  # linux/prctl.h, linux/capability.h
@@ -131,3 +133,30 @@ def test_a_wandb_server_that_refuses_the_run(tmp_path, not_wandb, mode):
     else:
         _one_line(p, f"error: WANDB_MODE: online, but the W&B server {not_wandb} refused the run")
         assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_the_wandb_server_is_probed_once_per_process(monkeypatch, tmp_path):
+    """A key and a server that cannot be reached (behind a firewall the probe waits its timeout): every
+    training of a sweep's worker logs offline, and the server is asked once, not once per training."""
+    import socket
+
+    from noisy_convnet import loggers
+
+    probes = []
+
+    def refuse(address, timeout=None):
+        probes.append(address)
+        raise OSError("unreachable")
+
+    loggers._unreachable.cache_clear()
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://wandb.example:8080")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert [loggers.wandb_online() for _ in range(3)] == [False] * 3
+    assert probes == [("wandb.example", 8080)]
+    monkeypatch.setenv("WANDB_MODE", "online")  # asked for online: still one line naming why, from the same probe
+    with pytest.raises(UserError, match="cannot be reached \\(unreachable\\)"):
+        loggers.wandb_online()
+    assert len(probes) == 1
+    loggers._unreachable.cache_clear()

@@ -3,6 +3,7 @@ with a key and a reachable server, offline otherwise), and what the libraries ma
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -66,16 +67,26 @@ def wandb_online() -> bool:
             raise UserError("WANDB_MODE: online, but no API key (WANDB_API_KEY or `wandb login`); log in, or "
                             "unset WANDB_MODE to log offline and `wandb sync` later")
         return False
+    why = _unreachable(host, port)
+    if why is None:
+        return True
+    if asked == "online":
+        raise UserError(f"WANDB_MODE: online, but the W&B server {base} cannot be reached ({why}); unset "
+                        "WANDB_MODE to log offline and `wandb sync` later")
+    return False
+
+
+@functools.cache
+def _unreachable(host: str, port: int) -> str | None:
+    """Why the server cannot be reached, or None: asked once per process and server (behind a firewall the
+    probe waits its 3 s timeout, and a sweep's worker runs many trainings)."""
     import socket
 
     try:
         socket.create_connection((host, port), timeout=3).close()
-        return True
+        return None
     except OSError as e:
-        if asked == "online":
-            raise UserError(f"WANDB_MODE: online, but the W&B server {base} cannot be reached ({e}); unset "
-                            "WANDB_MODE to log offline and `wandb sync` later") from None
-        return False
+        return str(e)
 
 
 def start_wandb(start: Callable[[bool], T]) -> T:
