@@ -585,6 +585,24 @@ def test_the_report_tables_the_test_error_of_each_stage_an_estimator_records(tmp
     assert not (tmp_path / "out2" / "stages.md").exists()
 
 
+def test_the_report_tables_each_seeds_numbers_side_by_side(tmp_path):
+    """Several seeds: seeds.md gives each seed's test error (q_error) per setting and estimator, a seed that
+    did not run an empty cell, so that differences pair by seed; one seed: no seeds.md."""
+    runs = {("none", 0): 0.30, ("none", 1): 0.50, ("anchor", 0): 0.10, ("anchor", 2): 0.123}
+    for (q, seed), err in runs.items():
+        (tmp_path / "sweep" / f"{q}{seed}").mkdir(parents=True)
+        (tmp_path / "sweep" / f"{q}{seed}" / RESULTS_FILE).write_text(json.dumps(_fake_record(q, 0.5, 1000, seed, err)))
+    assert report.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
+    rows = [[c.strip() for c in r.split("|")[1:-1]] for r in (tmp_path / "out" / "seeds.md").read_text().splitlines()]
+    assert rows[0] == ["setting", "estimator", "seed 0", "seed 1", "seed 2"]
+    assert rows[2:] == [["random 0.5", "no noise layer", "30.0", "50.0", ""],
+                        ["random 0.5", "anchor", "10.0 (0.10)", "", "12.3 (0.10)"]]
+    (tmp_path / "one" / "a").mkdir(parents=True)
+    (tmp_path / "one" / "a" / RESULTS_FILE).write_text(json.dumps(_fake_record("none", 0.5, 1000, 0, 0.3)))
+    assert report.main([str(tmp_path / "one"), "--out", str(tmp_path / "out2")]) == 0
+    assert not (tmp_path / "out2" / "seeds.md").exists()
+
+
 def test_fig_2c_shows_the_learned_q_by_name_whichever_estimator_comes_first(tmp_path):
     """A sweep of several estimators whose Q is estimated (anchor points before the learned Q in the
     records' order): Fig. 2c draws the learned Q's, its own figure in the paper."""

@@ -25,7 +25,7 @@ from ..files import user_path, write_atomic
 from ..record import RESULTS_FILE
 from . import figures as drawing
 from . import peers
-from .comparison import comparison, paired, stages, wide, wide_paired
+from .comparison import by_seed, comparison, paired, stages, wide, wide_paired
 from .load import RUNS_FILE, load_sweep
 from .tables import markdown, table
 
@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     by_stage = stages(df)
     if len(by_stage):  # estimators that record their stages' test errors (T-Revision's reweighting, ...)
         write_atomic(out / "stages.md", by_stage.to_markdown(index=False, disable_numparse=True) + "\n")
+    seeds = by_seed(df)
+    if len(seeds):  # several seeds: each one's numbers, for differences paired by seed
+        write_atomic(out / "seeds.md", seeds.to_markdown(index=False, disable_numparse=True) + "\n")
     if df["method"].nunique() > 4 or not shared_only:  # several estimators, or a peer's protocol (make peers-mnist)
         flip = df[df["outlier_ratio"].isna()] if "outlier_ratio" in df else df
         if flip["protocol"].nunique() > 1:

@@ -131,6 +131,25 @@ def stages(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([r for *_, r in sorted(out, key=lambda t: t[:2])])
 
 
+def by_seed(df: pd.DataFrame) -> pd.DataFrame:
+    """Per noise setting and estimator, each seed's clean test error % and its q_error: the runs behind a
+    mean +- sd, side by side for differences paired by seed; empty when the sweep has one seed."""
+    seeds = sorted(df["seed"].unique())
+    if len(seeds) < 2:
+        return pd.DataFrame()
+    d = df.assign(setting=_setting(df))
+    out = []
+    for (setting, curve), g in d.groupby(["setting", "curve"]):
+        row = {"setting": setting, "estimator": g["method"].iloc[0]}
+        for seed in seeds:
+            run = g[g["seed"] == seed]
+            q = run["q_error"].mean() if "q_error" in run else float("nan")
+            row[f"seed {seed}"] = "" if run.empty else (f"{100 * run['test_error'].mean():.1f}"
+                                                       + ("" if pd.isna(q) else f" ({q:.2f})"))
+        out.append((setting, _rows(d["curve"]).index(curve), row))
+    return pd.DataFrame([r for *_, r in sorted(out, key=lambda t: t[:2])])
+
+
 def estimators_figure(df: pd.DataFrame):
     import matplotlib.pyplot as plt
 
