@@ -137,19 +137,21 @@ def test_a_wandb_server_that_refuses_the_run(tmp_path, not_wandb, mode):
 
 def test_the_wandb_server_is_probed_once_per_process(monkeypatch, tmp_path):
     """A key and a server that cannot be reached (behind a firewall the probe waits its timeout): every
-    training of a sweep's worker logs offline, and the server is asked once, not once per training."""
+    training of a sweep's worker logs offline, and the server is asked once, not once per training, until
+    the answer is PROBE_TTL_S old (a server back after a hiccup is seen again)."""
     import socket
 
     from noisy_convnet import loggers
 
-    probes = []
+    probes, clock = [], [1000.0]
 
     def refuse(address, timeout=None):
         probes.append(address)
         raise OSError("unreachable")
 
-    loggers._unreachable.cache_clear()
+    monkeypatch.setattr(loggers, "_PROBES", {})
     monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(loggers.time, "monotonic", lambda: clock[0])
     monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", "http://wandb.example:8080")
     monkeypatch.delenv("WANDB_MODE", raising=False)
@@ -159,4 +161,14 @@ def test_the_wandb_server_is_probed_once_per_process(monkeypatch, tmp_path):
     with pytest.raises(UserError, match="cannot be reached \\(unreachable\\)"):
         loggers.wandb_online()
     assert len(probes) == 1
-    loggers._unreachable.cache_clear()
+    monkeypatch.setenv("WANDB_BASE_URL", "http://other.example")  # another server: asked
+    monkeypatch.delenv("WANDB_MODE")
+    assert not loggers.wandb_online() and probes[-1] == ("other.example", 80)
+    clock[0] += loggers.PROBE_TTL_S  # the answer has aged: asked again, and now it answers
+
+    def answer(address, timeout=None):
+        probes.append(address)
+        return socket.socket()
+
+    monkeypatch.setattr(socket, "create_connection", answer)
+    assert loggers.wandb_online() and probes[2:] == [("other.example", 80)]

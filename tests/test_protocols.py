@@ -233,9 +233,11 @@ def test_the_report_compares_each_estimator_under_its_protocol_with_the_shared_o
     assert not (tmp_path / "out2" / "peers_error_by_protocol.png").exists()
 
 
-def _stage(spec, role, es=True):
-    s = spec.settings(role, es)
+def _stage(spec, role):
+    """(epochs, optimiser, lr, momentum, weight decay, milestones (each x0.1), best epoch kept?, selection)"""
+    s = spec.settings(role, spec.early_stopping)
     opt, sched = s.optim["optimizer"], s.optim.get("scheduler") or {}
+    assert not sched.get("milestones") or sched.get("gamma") == 0.1
     return (s.epochs, opt["_target_"].rsplit(".", 1)[-1], opt["lr"], opt.get("momentum", 0.0),
             opt.get("weight_decay", 0.0), list(sched.get("milestones") or []), s.early_stopping, s.selection)
 
@@ -284,6 +286,7 @@ def test_each_peer_preset_runs_its_authors_protocol(preset, model, stages, q):
     assert spec.model["_target_"].rsplit(".", 1)[-1] == name
     if hidden is not None:
         assert (list(spec.model["hidden"]), spec.model["dropout"]) == (hidden, dropout)
+    assert spec.patience is None  # every epoch trained, the best one tested
     for role, want in stages.items():
         assert _stage(spec, role) == want, role
     assert spec.estimate_on == ("all" if preset == "patrini" else "train")

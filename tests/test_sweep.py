@@ -586,8 +586,9 @@ def test_the_report_tables_the_test_error_of_each_stage_an_estimator_records(tmp
 
 
 def test_the_report_tables_each_seeds_numbers_side_by_side(tmp_path):
-    """Several seeds: seeds.md gives each seed's test error (q_error) per setting and estimator, a seed that
-    did not run an empty cell, so that differences pair by seed; one seed: no seeds.md."""
+    """Several seeds: seeds.md gives each seed's test error (q_error) per setting (and training size where
+    the sweep varies it) and estimator, a seed that did not run an empty cell, so that differences pair by
+    seed; one seed: no seeds.md."""
     runs = {("none", 0): 0.30, ("none", 1): 0.50, ("anchor", 0): 0.10, ("anchor", 2): 0.123}
     for (q, seed), err in runs.items():
         (tmp_path / "sweep" / f"{q}{seed}").mkdir(parents=True)
@@ -601,6 +602,16 @@ def test_the_report_tables_each_seeds_numbers_side_by_side(tmp_path):
     (tmp_path / "one" / "a" / RESULTS_FILE).write_text(json.dumps(_fake_record("none", 0.5, 1000, 0, 0.3)))
     assert report.main([str(tmp_path / "one"), "--out", str(tmp_path / "out2")]) == 0
     assert not (tmp_path / "out2" / "seeds.md").exists()
+    # a sweep over training sizes: a row per size, never one size's run averaged with another's
+    for (size, seed), err in {(1000, 0): 0.40, (4000, 0): 0.10, (1000, 1): 0.30, (4000, 1): 0.20}.items():
+        (tmp_path / "sizes" / f"{size}-{seed}").mkdir(parents=True)
+        rec = _fake_record("none", 0.5, size, seed, err)
+        (tmp_path / "sizes" / f"{size}-{seed}" / RESULTS_FILE).write_text(json.dumps(rec))
+    assert report.main([str(tmp_path / "sizes"), "--out", str(tmp_path / "out3")]) == 0
+    rows = [[c.strip() for c in r.split("|")[1:-1]] for r in (tmp_path / "out3" / "seeds.md").read_text().splitlines()]
+    assert rows[0] == ["setting", "train_size", "estimator", "seed 0", "seed 1"]
+    assert rows[2:] == [["random 0.5", "1000", "no noise layer", "40.0", "30.0"],
+                        ["random 0.5", "4000", "no noise layer", "10.0", "20.0"]]
 
 
 def test_fig_2c_shows_the_learned_q_by_name_whichever_estimator_comes_first(tmp_path):

@@ -3,9 +3,9 @@ with a key and a reachable server, offline otherwise), and what the libraries ma
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -76,17 +76,26 @@ def wandb_online() -> bool:
     return False
 
 
-@functools.cache
+PROBE_TTL_S = 300  # how long a probe's answer holds: a server back after a hiccup is seen again
+_PROBES: dict[tuple[str, int], tuple[float, str | None]] = {}  # (host, port) -> (when, why unreachable)
+
+
 def _unreachable(host: str, port: int) -> str | None:
-    """Why the server cannot be reached, or None: asked once per process and server (behind a firewall the
-    probe waits its 3 s timeout, and a sweep's worker runs many trainings)."""
+    """Why the server cannot be reached, or None: asked at most once per PROBE_TTL_S per process and server
+    (behind a firewall the probe waits its 3 s timeout, and a sweep's worker runs many trainings)."""
     import socket
 
+    now = time.monotonic()
+    seen = _PROBES.get((host, port))
+    if seen is not None and now - seen[0] < PROBE_TTL_S:
+        return seen[1]
     try:
         socket.create_connection((host, port), timeout=3).close()
-        return None
+        why = None
     except OSError as e:
-        return str(e)
+        why = str(e)
+    _PROBES[(host, port)] = (now, why)
+    return why
 
 
 def start_wandb(start: Callable[[bool], T]) -> T:

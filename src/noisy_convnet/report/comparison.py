@@ -111,43 +111,63 @@ def wide_paired(df: pd.DataFrame, reference: str) -> pd.DataFrame:
     )
 
 
+def _runs_of_a_row(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """df with its ``setting`` and the other axes a table row of stages and seeds must hold apart (the
+    training size, the outlier ratio: where the sweep varies them), and those axes' names."""
+    d = df.assign(setting=_setting(df))
+    axes = [k for k in ("train_size", "outlier_ratio") if k in d and d[k].nunique(dropna=True) > 1]
+    return d, ["setting", *axes]
+
+
+def _table_rows(d: pd.DataFrame, axes: list[str], fill) -> pd.DataFrame:
+    """One row per value of ``axes`` and curve, in the tables' order: its axes, its estimator's label, and
+    ``fill(runs)``'s columns."""
+    out = []
+    for values, g in d.groupby([*axes, "curve"], dropna=False):
+        *at, curve = values
+        row = {**dict(zip(axes, at, strict=True)), "estimator": g["method"].iloc[0], **fill(g)}
+        out.append(((*at, _rows(d["curve"]).index(curve)), row))
+    return pd.DataFrame([r for _, r in sorted(out, key=lambda t: t[0])])
+
+
 def stages(df: pd.DataFrame) -> pd.DataFrame:
     """Per noise setting and estimator, the clean test error (%, mean +- sd over seeds) of each stage an
     estimator records (``<stage>_test_error``: T-Revision's plain net, its reweighting; the plain net of the
     anchor family) beside the tested one's; empty when no run records a stage."""
     cols = [c for c in df.columns if c.endswith("_test_error") and pd.api.types.is_numeric_dtype(df[c])]
-    d = df.assign(setting=_setting(df))
+    d, axes = _runs_of_a_row(df)
     d = d[d[cols].notna().any(axis=1)] if cols else d.iloc[:0]
     if d.empty:
         return pd.DataFrame()
-    out = []
-    for (setting, curve), g in d.groupby(["setting", "curve"]):
-        row = {"setting": setting, "estimator": g["method"].iloc[0]}
+
+    def fill(g: pd.DataFrame) -> dict:
+        row = {}
         for c in [*cols, "test_error"]:
             v = 100 * g[c].dropna()
             name = "tested" if c == "test_error" else c.removesuffix("_test_error")
             row[name] = "" if v.empty else f"{v.mean():.1f}" + (f" +- {v.std():.1f}" if len(v) > 1 else "")
-        out.append((setting, _rows(d["curve"]).index(curve), row))
-    return pd.DataFrame([r for *_, r in sorted(out, key=lambda t: t[:2])])
+        return row
+
+    return _table_rows(d, axes, fill)
 
 
 def by_seed(df: pd.DataFrame) -> pd.DataFrame:
     """Per noise setting and estimator, each seed's clean test error % and its q_error: the runs behind a
-    mean +- sd, side by side for differences paired by seed; empty when the sweep has one seed."""
+    mean +- sd, side by side for differences paired by seed; empty when the sweep has one seed. Two runs of
+    one seed in one row (the same cell in two folders) show their mean and "[2 runs]"."""
     seeds = sorted(df["seed"].unique())
     if len(seeds) < 2:
         return pd.DataFrame()
-    d = df.assign(setting=_setting(df))
-    out = []
-    for (setting, curve), g in d.groupby(["setting", "curve"]):
-        row = {"setting": setting, "estimator": g["method"].iloc[0]}
-        for seed in seeds:
-            run = g[g["seed"] == seed]
-            q = run["q_error"].mean() if "q_error" in run else float("nan")
-            row[f"seed {seed}"] = "" if run.empty else (f"{100 * run['test_error'].mean():.1f}"
-                                                       + ("" if pd.isna(q) else f" ({q:.2f})"))
-        out.append((setting, _rows(d["curve"]).index(curve), row))
-    return pd.DataFrame([r for *_, r in sorted(out, key=lambda t: t[:2])])
+    d, axes = _runs_of_a_row(df)
+
+    def cell(run: pd.DataFrame) -> str:
+        if run.empty:
+            return ""
+        q = run["q_error"].mean() if "q_error" in run else float("nan")
+        return (f"{100 * run['test_error'].mean():.1f}" + ("" if pd.isna(q) else f" ({q:.2f})")
+                + (f" [{len(run)} runs]" if len(run) > 1 else ""))
+
+    return _table_rows(d, axes, lambda g: {f"seed {seed}": cell(g[g["seed"] == seed]) for seed in seeds})
 
 
 def estimators_figure(df: pd.DataFrame):
