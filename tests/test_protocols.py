@@ -3,17 +3,20 @@ schedules and selection rules as config choices, per-stage settings, the oracle 
 record that names what each training ran with."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch.nn import functional as F
 
 from noisy_convnet import identity, models, noise
-from noisy_convnet.config import schema_defaults
+from noisy_convnet.config import compose, schema_defaults, validate
 from noisy_convnet.errors import UserError
 from noisy_convnet.layers import FixedNoiseLayer, ImportanceLayer
 from noisy_convnet.module import multi_step
+from noisy_convnet.protocol import Spec
 from noisy_convnet.train import run
 
 
@@ -220,9 +223,6 @@ def test_the_report_compares_each_estimator_under_its_protocol_with_the_shared_o
     assert e["mine", "volmin"] != e["shared", "volmin"]  # the protocols differ: the differences are not all 0
     assert (tmp_path / "out" / "peers_error_by_protocol.png").is_file()
     # A variant of the shared protocol (another name, no estimator's own): its tables, no figure of own protocols
-    import json
-    import shutil
-
     shutil.copytree(tmp_path / "sweep", tmp_path / "variant")
     for path in (tmp_path / "variant").glob("*/results.json"):
         record = json.loads(path.read_text())
@@ -273,11 +273,6 @@ def test_each_peer_preset_runs_its_authors_protocol(preset, model, stages, q):
     """What `experiment=protocol_<peer>` trains (the issue's table, read from the authors' code): full MNIST,
     a 10% noisy validation slice (54,000 / 6,000), batch 128, each stage's net, epochs, optimiser, schedule
     and selection rule, and the estimator's settings."""
-    from omegaconf import OmegaConf
-
-    from noisy_convnet.config import compose, validate
-    from noisy_convnet.protocol import Spec
-
     cfg = validate(compose([f"experiment=protocol_{preset}", "noise.matrix=pair", "level=0.45"]))
     spec = Spec.of(cfg)
     assert (cfg.data.name, cfg.data.val_fraction, spec.batch_size, spec.shift) == ("mnist", 0.1, 128, 0)

@@ -122,11 +122,12 @@ def _runs_of_a_row(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 def _table_rows(d: pd.DataFrame, axes: list[str], fill) -> pd.DataFrame:
     """One row per value of ``axes`` and curve, in the tables' order: its axes, its estimator's label, and
     ``fill(runs)``'s columns."""
+    order = _rows(d["curve"])
     out = []
     for values, g in d.groupby([*axes, "curve"], dropna=False):
         *at, curve = values
         row = {**dict(zip(axes, at, strict=True)), "estimator": g["method"].iloc[0], **fill(g)}
-        out.append(((*at, _rows(d["curve"]).index(curve)), row))
+        out.append(((*at, order.index(curve)), row))
     return pd.DataFrame([r for _, r in sorted(out, key=lambda t: t[0])])
 
 
