@@ -308,6 +308,41 @@ def test_report_on_an_empty_directory_is_a_clean_error(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: sweep_dir: no results.json")
 
 
+def test_a_sweep_run_in_parts_on_two_machines_joins_the_committed_runs_jsonl(tmp_path, capsys):
+    """A part run on another machine has only the committed report (its runs.jsonl) and its own new cells:
+    the report of both keeps every run, a run found in both once (from the source given first), and says
+    when the copies differ and that the runs come from two machines."""
+    def put(root, q, seed, err, cpu):
+        d = root / f"q={q},seed={seed}"
+        d.mkdir(parents=True)
+        rec = _fake_record(q, 0.3, 1000, seed, err, provenance={"cpu": cpu, "cpu_capability": "AVX512"},
+                           config={"seed": seed, "level": 0.3, "q": {"name": q}})
+        (d / RESULTS_FILE).write_text(json.dumps(rec))
+
+    for q in ("none", "learned"):
+        put(tmp_path / "first", q, 0, 0.20 if q == "none" else 0.10, "Xeon")
+    assert report.main([str(tmp_path / "first"), "--out", str(tmp_path / "committed")]) == 0
+    put(tmp_path / "second", "none", 1, 0.22, "EPYC")
+    put(tmp_path / "second", "learned", 1, 0.12, "EPYC")
+    put(tmp_path / "second", "learned", 0, 0.10, "Xeon")  # the same run as the committed one: kept once, quietly
+    capsys.readouterr()
+    runs = tmp_path / "committed" / "runs.jsonl"
+    assert report.main([str(runs), str(tmp_path / "second"), "--out", str(tmp_path / "joined")]) == 0
+    err = capsys.readouterr().err
+    assert "left out" not in err and "runs of 2 machines (2 on EPYC AVX512; 2 on Xeon AVX512)" in err
+    t = report.table(report.load_sweep(runs, tmp_path / "second")[0]).set_index("method")
+    assert t.loc["learned Q", "seeds"] == 2 and t.loc["learned Q", "test_error_%"] == pytest.approx(11.0)
+    assert t.loc["no noise layer", "test_error_%"] == pytest.approx(21.0)
+    assert len((tmp_path / "joined" / "runs.jsonl").read_text().splitlines()) == 4
+
+    put(tmp_path / "third", "none", 0, 0.25, "Xeon")  # a rerun with other numbers: the first source's is kept
+    df, problems = report.load_sweep(tmp_path / "third", runs)
+    assert sorted(df["test_error"]) == [0.10, 0.25]
+    assert any(p.startswith(f"left out {runs}: the run of {tmp_path / 'third'}") and "0.25" in p for p in problems)
+    assert report.main([str(tmp_path / "first" / "q=none,seed=0" / RESULTS_FILE)]) == 2
+    assert capsys.readouterr().err.endswith("is neither a directory nor a report's runs.jsonl\n")
+
+
 def test_report_draws_fig4_from_outlier_runs(tmp_path):
     for q in ("none", "fixed"):
         for ratio in (0.5, 1.0):

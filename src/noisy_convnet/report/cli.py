@@ -1,6 +1,7 @@
-"""Tables and figures from a sweep: ``python -m noisy_convnet.report SWEEP_DIR [--out DIR] [--wandb]``.
+"""Tables and figures from a sweep: ``python -m noisy_convnet.report SWEEP_DIR [SWEEP_DIR ...] [--out DIR] [--wandb]``.
 
-Reads every ``results.json`` under SWEEP_DIR into a pandas DataFrame (one row per run; the record's
+Reads every ``results.json`` under SWEEP_DIR (without any, its ``runs.jsonl``; several SWEEP_DIRs or
+runs.jsonl files join, a run found twice kept from the first) into a pandas DataFrame (one row per run; the record's
 scalars plus every config field as a ``cfg.<key>`` column), warns about runs that failed or have not
 finished (a cell directory with Hydra's ``.hydra/`` but no results.json) and about unreadable files, and
 writes ``results.csv``, ``results.md`` and, for whichever axes the sweep varies, the paper's figures as
@@ -47,8 +48,9 @@ def log_to_wandb(paths: list[Path], root: Path, t: pd.DataFrame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m noisy_convnet.report", description=__doc__.splitlines()[0])
-    ap.add_argument("sweep_dir", help="a sweep directory (searched recursively for results.json)")
-    ap.add_argument("--out", default=None, help="where to write tables and figures (default: SWEEP_DIR)")
+    ap.add_argument("sweep_dir", nargs="+", help="a sweep directory (searched recursively for results.json; "
+                    "without any, its runs.jsonl) or a report's runs.jsonl; several join, a run kept from the first")
+    ap.add_argument("--out", default=None, help="where to write tables and figures (default: the first SWEEP_DIR)")
     ap.add_argument("--wandb", action="store_true", help="also log the figures to W&B")
     ap.add_argument(
         "--titles",
@@ -57,27 +59,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     try:
-        args.sweep_dir = Path(user_path(args.sweep_dir, "sweep_dir"))
+        sources = [Path(user_path(s, "sweep_dir")) for s in args.sweep_dir]
         args.out = None if args.out is None else Path(user_path(args.out, "--out"))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     drawing.TITLES = args.titles
-    if not args.sweep_dir.is_dir():
-        print(f"error: sweep_dir: '{args.sweep_dir}' is not a directory", file=sys.stderr)
-        return 2
-    out = args.out or args.sweep_dir
+    for s in sources:
+        if not s.is_dir() and not (s.is_file() and s.name == RUNS_FILE):
+            print(f"error: sweep_dir: '{s}' is neither a directory nor a report's {RUNS_FILE}", file=sys.stderr)
+            return 2
+    root = sources[0] if sources[0].is_dir() else sources[0].parent
+    out = args.out or root
     key = "--out" if args.out else "sweep_dir (the report's default place: give --out)"
     why = _unwritable(out)
     if why:  # before any work: nothing is read or written
         print(f"error: {key}: cannot write in '{out}' ({why}); give a folder that can be created and written "
               "(--out DIR)", file=sys.stderr)
         return 2
-    df, problems = load_sweep(args.sweep_dir)
+    df, problems = load_sweep(*sources)
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)
     if df.empty:
-        print(f"error: sweep_dir: no {RESULTS_FILE} under '{args.sweep_dir}'", file=sys.stderr)
+        where = ", ".join(f"'{s}'" for s in sources)
+        print(f"error: sweep_dir: no {RESULTS_FILE} under {where}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
     shared_only = set(df["protocol"]) == {"shared"}  # a column only where some run has a protocol of its own
@@ -111,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(df)} runs, {len(problems)} warnings -> {out}/results.csv, results.md, {len(paths)} figures")
     if args.wandb:
         try:
-            log_to_wandb(paths, args.sweep_dir, t)
+            log_to_wandb(paths, root, t)
         except UserError as e:  # WANDB_MODE=online and no server: the files above are written, the log is not
             print(f"error: {e}", file=sys.stderr)
             return 2

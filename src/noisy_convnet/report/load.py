@@ -1,9 +1,12 @@
 """Loading a sweep: every ``results.json`` under a folder (or, without any, the lines of its
-``runs.jsonl``) into one DataFrame, the frame every table and figure reads (``load_sweep``)."""
+``runs.jsonl``) into one DataFrame, the frame every table and figure reads (``load_sweep``). Several
+sources join: a sweep run in parts on several machines is a committed report's ``runs.jsonl`` and the new
+parts' folders; a run found in two sources is kept once, from the first."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +41,10 @@ RUNS_FILE = "runs.jsonl"  # the report's compact copy of every record, beside th
 
 
 def _records(root: Path):
-    """(path, text) of every results.json below root; without any, the lines of root's runs.jsonl."""
+    """(path, text) of every results.json below root; without any, the lines of root's runs.jsonl (or of
+    root itself, a runs.jsonl file)."""
+    if root.is_file():
+        return [(root, line) for line in root.read_text().splitlines()]
     paths = sorted(root.rglob(RESULTS_FILE))
     if paths:
         return [(p, p.read_text) for p in paths]
@@ -47,8 +53,20 @@ def _records(root: Path):
     return [(runs, line) for line in lines]
 
 
-def load_sweep(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
-    """(one row per finished run, warnings about failed, unfinished or unreadable runs).
+def _machine(record: dict) -> str:
+    """The CPU (and its kernels' instruction set) a record was trained on, as its provenance names it, and
+    the device when it is not the CPU."""
+    prov = record.get("provenance") or {}
+    names = [str(prov[k]) for k in ("cpu", "cpu_capability") if prov.get(k)]
+    names += [f"with {record['device']}"] if record.get("device") not in (None, "cpu") else []
+    return " ".join(names)
+
+
+def load_sweep(*roots: str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """(one row per finished run, warnings about failed, unfinished or unreadable runs), from one sweep
+    folder or several (a folder, or a report's runs.jsonl). A run in two sources (the same config and seed)
+    is kept once, from the source given first, with a warning when its numbers differ; runs of several
+    machines (their provenance's CPU) are told of: numbers vary by machine.
 
     The frame every table and figure reads, one row per run:
       the record's scalars   q, q_label, q_estimated, dataset, noise, matrix, level, seed, test_error,
@@ -64,9 +82,9 @@ def load_sweep(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
       _record, _config       the whole record and its config (the report's runs.jsonl is written from them)
       _cell                  its cell's identity without the seed (runs of one table row must share it)
     """
-    root = Path(root)
-    rows, problems = [], []
-    for path, text in _records(root):
+    rows, problems, seen = [], [], {}
+    records = ((i, path, text) for i, root in enumerate(roots) for path, text in _records(Path(root)))
+    for source, path, text in records:
         try:
             r = json.loads(text() if callable(text) else text)
         except (ValueError, OSError) as e:  # malformed JSON, bytes that are not UTF-8, a file gone
@@ -88,16 +106,27 @@ def load_sweep(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
             problems.append(f"left out, a fast_dev_run (one batch, not a result): {path}")
             continue
         r["_cell"] = json.dumps({k: v for k, v in cell_config(cfg, DEFAULTS).items() if k != "seed"}, sort_keys=True)
+        first = seen.setdefault((r["_cell"], r["seed"]), (source, path, r["test_error"]))
+        if first[0] != source:  # the run again in a later source (a report's copy of a folder's record)
+            if first[2] != r["test_error"]:
+                problems.append(f"left out {path}: the run of {first[1]} again, with test error {r['test_error']} "
+                                f"where that has {first[2]} (kept)")
+            continue
         row = {k: v for k, v in r.items() if k not in MATRICES}
         row.update({f"cfg.{k}": v for k, v in pd.json_normalize(cfg, sep=".").iloc[0].items()} if cfg else {})
         row["run_dir"] = str(path.parent)
         row["_record"] = r
         row["_config"] = cfg
         rows.append(row)
-    for hydra_dir in sorted(root.rglob(".hydra")):
+    for hydra_dir in sorted(h for root in map(Path, roots) if root.is_dir() for h in root.rglob(".hydra")):
         if not (hydra_dir.parent / RESULTS_FILE).exists() and not (hydra_dir.parent / SAME_AS).exists():
             problems.append(f"failed or unfinished run (no {RESULTS_FILE}): {hydra_dir.parent}")
     df = pd.DataFrame(rows)
+    machines = sorted(Counter(m for m in map(_machine, df["_record"] if len(df) else []) if m).items(),
+                      key=lambda mn: (-mn[1], mn[0]))  # "" is a record older than its provenance: unknown
+    if len(machines) > 1:  # CPUs differ in their kernels: a table mixing them is not one machine's numbers
+        problems.append(f"runs of {len(machines)} machines ({'; '.join(f'{n} on {m}' for m, n in machines)}): "
+                        "numbers vary by machine within the seed-to-seed spread; pair runs of one machine")
     if len(df):
         df["method"] = df.apply(method, axis=1)
         df["curve"] = df.apply(curve, axis=1)
