@@ -99,8 +99,8 @@ estimators-cpu: $(STAMP) ## every Q estimator x 5 noise settings x 3 seeds on MN
 # each part (PEERS=) is one protocol's sweep at the three settings below, resumable; SEEDS= chooses the seeds.
 # Each protocol's sweep runs its estimator, anchor points, fixed Q* and the early-stopped plain net (q list in
 # its preset); T-Revision's also its oracle start; the shared protocol's the four estimators (and T-Revision's
-# oracle start), fixed Q* and both plain nets. The report joins the committed report's runs (parts run on other
-# machines) and this machine's; a run in both keeps the committed numbers (a warning if they differ).
+# oracle start), fixed Q* and both plain nets. The report joins this machine's cells and the committed report's
+# runs (parts run on other machines); a run in both is read from its cell's folder (a warning if they differ).
 PEERS ?= patrini volmin dualt trevision shared
 PEER_SETTINGS := uniform:0.2 uniform:0.5 pair:0.45
 SEEDS ?= 0,1,2
@@ -113,4 +113,4 @@ peers-mnist: $(STAMP) ## each peer's own MNIST protocol beside the shared one, i
 	  if [ $$p = shared ]; then $(PEER_RUN) $$at q=none early_stopping=true || exit 1; fi; \
 	  if [ $$p = shared ] || [ $$p = trevision ]; then $(PEER_RUN) $$at q=trevision q.start=true || exit 1; fi; \
 	done; done
-	$(PY) -m noisy_convnet.report $(wildcard $(FIGURES)/peers_mnist/runs.jsonl) outputs/multirun/peers_mnist --out "$(FIGURES)/peers_mnist"
+	$(PY) -m noisy_convnet.report outputs/multirun/peers_mnist $(wildcard $(FIGURES)/peers_mnist/runs.jsonl) --out "$(FIGURES)/peers_mnist"

@@ -305,7 +305,7 @@ def test_report_on_a_synthetic_sweep_with_a_broken_and_a_missing_run(tmp_path, c
 
 def test_report_on_an_empty_directory_is_a_clean_error(tmp_path, capsys):
     assert report.main([str(tmp_path)]) == 2
-    assert capsys.readouterr().err.startswith("error: sweep_dir: no results.json")
+    assert capsys.readouterr().err.startswith("error: sweep_dir: no runs (results.json or runs.jsonl) in ")
 
 
 def test_a_sweep_run_in_parts_on_two_machines_joins_the_committed_runs_jsonl(tmp_path, capsys):
@@ -338,9 +338,25 @@ def test_a_sweep_run_in_parts_on_two_machines_joins_the_committed_runs_jsonl(tmp
     put(tmp_path / "third", "none", 0, 0.25, "Xeon")  # a rerun with other numbers: the first source's is kept
     df, problems = report.load_sweep(tmp_path / "third", runs)
     assert sorted(df["test_error"]) == [0.10, 0.25]
-    assert any(p.startswith(f"left out {runs}: the run of {tmp_path / 'third'}") and "0.25" in p for p in problems)
+    third = tmp_path / "third" / "q=none,seed=0" / RESULTS_FILE
+    assert [p for p in problems if p.startswith("left out")] == [
+        f"left out {runs}:{1 + [json.loads(x)['q'] for x in runs.read_text().splitlines()].index('none')}: "
+        f"the run of {third} again, with test error 0.2 where that has 0.25 (kept)"]
+    df, problems = report.load_sweep(runs, runs, tmp_path / "second", tmp_path / "second")  # each read once
+    assert len(df) == 4 and len(problems) == 1 and "runs of 2 machines" in problems[0]
+    for q in ("none", "fixed"):  # records without config or CPU: told apart by their own fields
+        (tmp_path / q).mkdir()
+        (tmp_path / q / "runs.jsonl").write_text(json.dumps(_fake_record(q, 0.3, 1000, 0, 0.3, config={})) + "\n")
+    df, problems = report.load_sweep(tmp_path / "none", tmp_path / "fixed", tmp_path / "second")
+    assert sorted(df["q"]) == ["fixed", "learned", "learned", "none", "none"]
+    assert "runs of 2 machines (2 on EPYC AVX512; 1 on Xeon AVX512; 2 on a machine their records do not name): " \
+           "test errors vary by machine within the seed-to-seed spread; compare runs of one machine" in problems
+    bare = tmp_path / "none" / "runs.jsonl"
+    bare.write_bytes(b"\xff\n")
+    df, problems = report.load_sweep(runs, bare)
+    assert len(df) == 2 and len(problems) == 1 and problems[0].startswith(f"unreadable result {bare}: ")
     assert report.main([str(tmp_path / "first" / "q=none,seed=0" / RESULTS_FILE)]) == 2
-    assert capsys.readouterr().err.endswith("is neither a directory nor a report's runs.jsonl\n")
+    assert capsys.readouterr().err.endswith("is neither a directory nor a report's .jsonl (runs.jsonl)\n")
 
 
 def test_report_draws_fig4_from_outlier_runs(tmp_path):

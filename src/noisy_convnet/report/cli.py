@@ -49,8 +49,9 @@ def log_to_wandb(paths: list[Path], root: Path, t: pd.DataFrame) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m noisy_convnet.report", description=__doc__.splitlines()[0])
     ap.add_argument("sweep_dir", nargs="+", help="a sweep directory (searched recursively for results.json; "
-                    "without any, its runs.jsonl) or a report's runs.jsonl; several join, a run kept from the first")
-    ap.add_argument("--out", default=None, help="where to write tables and figures (default: the first SWEEP_DIR)")
+                    "without any, its runs.jsonl) or a report's runs.jsonl; several join, a run found twice kept "
+                    "from the first")
+    ap.add_argument("--out", help="where to write tables and figures (default: the first SWEEP_DIR, or its folder)")
     ap.add_argument("--wandb", action="store_true", help="also log the figures to W&B")
     ap.add_argument(
         "--titles",
@@ -66,10 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     drawing.TITLES = args.titles
     for s in sources:
-        if not s.is_dir() and not (s.is_file() and s.name == RUNS_FILE):
-            print(f"error: sweep_dir: '{s}' is neither a directory nor a report's {RUNS_FILE}", file=sys.stderr)
+        if not s.is_dir() and not (s.is_file() and s.suffix == ".jsonl"):
+            print(f"error: sweep_dir: '{s}' is neither a directory nor a report's .jsonl ({RUNS_FILE})",
+                  file=sys.stderr)
             return 2
-    root = sources[0] if sources[0].is_dir() else sources[0].parent
+    root = (sources[0] if sources[0].is_dir() else sources[0].parent).resolve()
     out = args.out or root
     key = "--out" if args.out else "sweep_dir (the report's default place: give --out)"
     why = _unwritable(out)
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {p}", file=sys.stderr)
     if df.empty:
         where = ", ".join(f"'{s}'" for s in sources)
-        print(f"error: sweep_dir: no {RESULTS_FILE} under {where}", file=sys.stderr)
+        print(f"error: sweep_dir: no runs ({RESULTS_FILE} or {RUNS_FILE}) in {where}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
     shared_only = set(df["protocol"]) == {"shared"}  # a column only where some run has a protocol of its own

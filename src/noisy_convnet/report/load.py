@@ -38,19 +38,25 @@ SHAPES = {"q": str, "dataset": str, "noise": str, "seed": int, "level": (int, fl
 NEEDED = SHAPES.keys() - {"config"}
 DEFAULTS = schema_defaults()  # a key at its default is the same cell whether a record has it or not
 RUNS_FILE = "runs.jsonl"  # the report's compact copy of every record, beside the figures: redrawn from it
+IDENTITY = ("seed", "q", "dataset", "noise", "matrix", "level", "train_size", "early_stopping", "outlier_ratio")
 
 
 def _records(root: Path):
-    """(path, text) of every results.json below root; without any, the lines of root's runs.jsonl (or of
-    root itself, a runs.jsonl file)."""
-    if root.is_file():
-        return [(root, line) for line in root.read_text().splitlines()]
-    paths = sorted(root.rglob(RESULTS_FILE))
-    if paths:
-        return [(p, p.read_text) for p in paths]
-    runs = root / RUNS_FILE
-    lines = runs.read_text().splitlines() if runs.is_file() else []
-    return [(runs, line) for line in lines]
+    """(path, where, text) of every results.json below root; without any, of each line of root's runs.jsonl
+    (or of root itself, a report's .jsonl file), ``where`` naming its line. text is a callable for a file, an
+    exception for a file that cannot be read."""
+    if not root.is_file():
+        paths = sorted(root.rglob(RESULTS_FILE))
+        if paths:
+            return [(p, p, p.read_text) for p in paths]
+        root = root / RUNS_FILE
+        if not root.is_file():
+            return []
+    try:
+        lines = root.read_text().splitlines()
+    except (ValueError, OSError) as e:  # bytes that are not UTF-8, a file it may not read
+        return [(root, root, e)]
+    return [(root, f"{root}:{i}", line) for i, line in enumerate(lines, 1)]
 
 
 def _machine(record: dict) -> str:
@@ -83,12 +89,17 @@ def load_sweep(*roots: str | Path) -> tuple[pd.DataFrame, list[str]]:
       _cell                  its cell's identity without the seed (runs of one table row must share it)
     """
     rows, problems, seen = [], [], {}
-    records = ((i, path, text) for i, root in enumerate(roots) for path, text in _records(Path(root)))
-    for source, path, text in records:
+    given = {}
+    for root in map(Path, roots):  # a source given twice is read once, where it is first given
+        given.setdefault(root.resolve(), root)
+    roots = list(given.values())
+    for path, where, text in (record for root in roots for record in _records(root)):
         try:
+            if isinstance(text, Exception):
+                raise text
             r = json.loads(text() if callable(text) else text)
         except (ValueError, OSError) as e:  # malformed JSON, bytes that are not UTF-8, a file gone
-            problems.append(f"unreadable result {path}: {e}")
+            problems.append(f"unreadable result {where}: {e}")
             continue
         missing = sorted(NEEDED - r.keys()) if isinstance(r, dict) else []
         if not isinstance(r, dict) or missing:
@@ -106,11 +117,12 @@ def load_sweep(*roots: str | Path) -> tuple[pd.DataFrame, list[str]]:
             problems.append(f"left out, a fast_dev_run (one batch, not a result): {path}")
             continue
         r["_cell"] = json.dumps({k: v for k, v in cell_config(cfg, DEFAULTS).items() if k != "seed"}, sort_keys=True)
-        first = seen.setdefault((r["_cell"], r["seed"]), (source, path, r["test_error"]))
-        if first[0] != source:  # the run again in a later source (a report's copy of a folder's record)
-            if first[2] != r["test_error"]:
-                problems.append(f"left out {path}: the run of {first[1]} again, with test error {r['test_error']} "
-                                f"where that has {first[2]} (kept)")
+        run = (r["_cell"], *(r.get(k) for k in IDENTITY))  # config and record: a config-less record is its row
+        first = seen.setdefault(run, (where, r["test_error"]))
+        if first[0] != where:  # the run again (a report's copy of a folder's record): the first one read is kept
+            if first[1] != r["test_error"]:
+                problems.append(f"left out {where}: the run of {first[0]} again, with test error {r['test_error']} "
+                                f"where that has {first[1]} (kept)")
             continue
         row = {k: v for k, v in r.items() if k not in MATRICES}
         row.update({f"cfg.{k}": v for k, v in pd.json_normalize(cfg, sep=".").iloc[0].items()} if cfg else {})
@@ -118,15 +130,17 @@ def load_sweep(*roots: str | Path) -> tuple[pd.DataFrame, list[str]]:
         row["_record"] = r
         row["_config"] = cfg
         rows.append(row)
-    for hydra_dir in sorted(h for root in map(Path, roots) if root.is_dir() for h in root.rglob(".hydra")):
+    for hydra_dir in sorted({h for root in roots if root.is_dir() for h in root.rglob(".hydra")}):
         if not (hydra_dir.parent / RESULTS_FILE).exists() and not (hydra_dir.parent / SAME_AS).exists():
             problems.append(f"failed or unfinished run (no {RESULTS_FILE}): {hydra_dir.parent}")
     df = pd.DataFrame(rows)
-    machines = sorted(Counter(m for m in map(_machine, df["_record"] if len(df) else []) if m).items(),
-                      key=lambda mn: (-mn[1], mn[0]))  # "" is a record older than its provenance: unknown
+    machines = Counter(map(_machine, df["_record"] if len(df) else []))
+    unknown = machines.pop("", 0)  # records older than their provenance's CPU
     if len(machines) > 1:  # CPUs differ in their kernels: a table mixing them is not one machine's numbers
-        problems.append(f"runs of {len(machines)} machines ({'; '.join(f'{n} on {m}' for m, n in machines)}): "
-                        "numbers vary by machine within the seed-to-seed spread; pair runs of one machine")
+        counts = [f"{n} on {m}" for m, n in sorted(machines.items(), key=lambda mn: (-mn[1], mn[0]))]
+        counts += [f"{unknown} on a machine their records do not name"] if unknown else []
+        problems.append(f"runs of {len(machines)} machines ({'; '.join(counts)}): test errors vary by machine "
+                        "within the seed-to-seed spread; compare runs of one machine")
     if len(df):
         df["method"] = df.apply(method, axis=1)
         df["curve"] = df.apply(curve, axis=1)
