@@ -597,14 +597,36 @@ def test_the_report_leaves_out_records_of_another_shape_and_says_where_it_cannot
         "good": good,
         "string_config": {**good, "config": "seed=0"},
         "q_list": {**good, "q": ["none"]},
+        "string_protocol": {**good, "protocol": "volmin"},
+        "string_provenance": {**good, "provenance": "laptop"},
+        "number_trainer": {**good, "config": {**good["config"], "trainer": 3}},
+        "true_seed": {**good, "seed": True},
     }.items():
         (tmp_path / "sweep" / name).mkdir(parents=True)
         (tmp_path / "sweep" / name / RESULTS_FILE).write_text(json.dumps(rec))
+    (tmp_path / "sweep" / "fifo").mkdir()
+    os.mkfifo(tmp_path / "sweep" / "fifo" / RESULTS_FILE)  # not a file to read: reading it would wait for ever
     assert report.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
     assert "string_config/results.json: not a run's record (config of another type)" in err
     assert "q_list/results.json: not a run's record (q of another type)" in err
+    for name, key in [("protocol", "protocol"), ("provenance", "provenance"), ("trainer", "trainer"), ("seed", "seed")]:
+        assert f"_{name}/results.json: not a run's record ({key} of another type)" in err
     assert len(pd.read_csv(tmp_path / "out" / "results.csv")) == 1
+    # the report's own runs.jsonl, read with another copy of a run: counted once; with a line it leaves out,
+    # refused before writing (rewriting it would lose that line: its only copy)
+    assert report.main([str(tmp_path / "out"), str(tmp_path / "out" / "runs.jsonl")]) == 0
+    assert len(pd.read_csv(tmp_path / "out" / "results.csv")) == 1 and "left out" not in capsys.readouterr().err
+    runs = tmp_path / "out" / "runs.jsonl"
+    runs.write_text(runs.read_text() + '{"q": "none"}\n')
+    before = {f.name: f.read_bytes() for f in (tmp_path / "out").iterdir()}
+    assert report.main([str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: sweep_dir (the report's default place: give "
+                                                               "--out): its runs.jsonl is read and some of its lines")
+    assert {f.name: f.read_bytes() for f in (tmp_path / "out").iterdir()} == before
+    assert report.main([str(tmp_path / "out"), "--out", str(tmp_path / "elsewhere")]) == 0
+    assert report.main([str(tmp_path / "no_such")]) == 2
+    assert capsys.readouterr().err.endswith(f"error: sweep_dir: '{tmp_path / 'no_such'}' does not exist\n")
     (tmp_path / "a_file").write_text("")
     assert report.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "a_file" / "out")]) == 2
     assert capsys.readouterr().err.startswith(f"error: --out: cannot write in '{tmp_path / 'a_file' / 'out'}'")

@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     drawing.TITLES = args.titles
     for s in sources:
+        if not s.exists():
+            print(f"error: sweep_dir: '{s}' does not exist", file=sys.stderr)
+            return 2
         if not s.is_dir() and not (s.is_file() and s.suffix == ".jsonl"):
             print(f"error: sweep_dir: '{s}' is neither a directory nor a report's .jsonl ({RUNS_FILE})",
                   file=sys.stderr)
@@ -82,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     df, problems = load_sweep(*sources)
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)
+    own = (out / RUNS_FILE).resolve()
+    if own in df.attrs["left_out"]:  # rewriting it would lose the lines left out above: their only copy
+        print(f"error: {key}: its {RUNS_FILE} is read and some of its lines are left out (above): writing the "
+              "report there would drop them; give another folder (--out DIR)", file=sys.stderr)
+        return 2
     if df.empty:
         where = ", ".join(f"'{s}'" for s in sources)
         print(f"error: sweep_dir: no runs ({RESULTS_FILE} or {RUNS_FILE}) in {where}", file=sys.stderr)

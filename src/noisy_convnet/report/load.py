@@ -34,29 +34,40 @@ def method(row: pd.Series) -> str:
 
 # What the tables read of a record, and of what type (config may be absent: an empty one)
 SHAPES = {"q": str, "dataset": str, "noise": str, "seed": int, "level": (int, float), "matrix": (str, type(None)),
-          "test_error": (int, float, type(None)), "config": dict}
-NEEDED = SHAPES.keys() - {"config"}
+          "test_error": (int, float, type(None)), "config": dict, "protocol": (dict, type(None)),
+          "provenance": (dict, type(None))}
+NEEDED = SHAPES.keys() - {"config", "protocol", "provenance"}
 DEFAULTS = schema_defaults()  # a key at its default is the same cell whether a record has it or not
 RUNS_FILE = "runs.jsonl"  # the report's compact copy of every record, beside the figures: redrawn from it
 IDENTITY = ("seed", "q", "dataset", "noise", "matrix", "level", "train_size", "early_stopping", "outlier_ratio")
 
 
-def _records(root: Path):
-    """(path, where, text) of every results.json below root; without any, of each line of root's runs.jsonl
-    (or of root itself, a report's .jsonl file), ``where`` naming its line. text is a callable for a file, an
-    exception for a file that cannot be read."""
-    if not root.is_file():
-        paths = sorted(root.rglob(RESULTS_FILE))
-        if paths:
-            return [(p, p, p.read_text) for p in paths]
-        root = root / RUNS_FILE
-        if not root.is_file():
-            return []
+def _is(value, kinds) -> bool:
+    """isinstance, where a bool is none of SHAPES' kinds (JSON's true is not a seed or a level)."""
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
+def _files(root: Path) -> list[Path]:
+    """What a source holds: every results.json below a folder (regular files: a FIFO of that name would
+    hang the read); without any, the folder's runs.jsonl; a .jsonl file itself."""
+    if root.is_file():
+        return [root]
+    paths = sorted(p for p in root.rglob(RESULTS_FILE) if p.is_file())
+    if paths:
+        return paths
+    return [root / RUNS_FILE] if (root / RUNS_FILE).is_file() else []
+
+
+def _records(path: Path):
+    """(where, text) of a results.json, or of each line of a .jsonl (``where`` naming its line); text is a
+    callable for a results.json, an exception for a .jsonl that cannot be read."""
+    if path.name == RESULTS_FILE:
+        return [(path, path.read_text)]
     try:
-        lines = root.read_text().splitlines()
+        lines = path.read_text().splitlines()
     except (ValueError, OSError) as e:  # bytes that are not UTF-8, a file it may not read
-        return [(root, root, e)]
-    return [(root, f"{root}:{i}", line) for i, line in enumerate(lines, 1)]
+        return [(path, e)]
+    return [(f"{path}:{i}", line) for i, line in enumerate(lines, 1)]
 
 
 def _machine(record: dict) -> str:
@@ -68,11 +79,35 @@ def _machine(record: dict) -> str:
     return " ".join(names)
 
 
+def _parse(where, text) -> tuple[dict, dict] | str:
+    """(record, config) of one run's result, or the one line that says why it is left out."""
+    try:
+        if isinstance(text, Exception):
+            raise text
+        r = json.loads(text() if callable(text) else text)
+    except (ValueError, OSError) as e:  # malformed JSON, bytes that are not UTF-8, a file gone
+        return f"unreadable result {where}: {e}"
+    missing = sorted(NEEDED - r.keys()) if isinstance(r, dict) else []
+    if not isinstance(r, dict) or missing:
+        return f"left out {where}: not a run's record{f' (no {missing})' if missing else ''}"
+    cfg = r.pop("config", {}) or {}
+    odd = [k for k, kinds in SHAPES.items() if not _is(r.get(k) if k != "config" else cfg, kinds)]
+    odd += [] if _is((cfg.get("trainer") if isinstance(cfg, dict) else None), (dict, type(None))) else ["trainer"]
+    if odd:  # a record of another shape (a string config, a q that is not a name): not this project's
+        return f"left out {where}: not a run's record ({', '.join(odd)} of another type)"
+    if not isinstance(r["test_error"], (int, float)) or not np.isfinite(r["test_error"]):
+        return f"left out, test error {r['test_error']} (a diverged run): {where}"
+    if (cfg.get("trainer") or {}).get("fast_dev_run"):
+        return f"left out, a fast_dev_run (one batch, not a result): {where}"
+    return r, cfg
+
+
 def load_sweep(*roots: str | Path) -> tuple[pd.DataFrame, list[str]]:
     """(one row per finished run, warnings about failed, unfinished or unreadable runs), from one sweep
     folder or several (a folder, or a report's runs.jsonl). A run in two sources (the same config and seed)
     is kept once, from the source given first, with a warning when its numbers differ; runs of several
-    machines (their provenance's CPU) are told of: numbers vary by machine.
+    machines (their provenance's CPU) are told of: numbers vary by machine. ``df.attrs["left_out"]``: the
+    files (resolved) some record of which is in no row and was not found in another source.
 
     The frame every table and figure reads, one row per run:
       the record's scalars   q, q_label, q_estimated, dataset, noise, matrix, level, seed, test_error,
@@ -88,34 +123,17 @@ def load_sweep(*roots: str | Path) -> tuple[pd.DataFrame, list[str]]:
       _record, _config       the whole record and its config (the report's runs.jsonl is written from them)
       _cell                  its cell's identity without the seed (runs of one table row must share it)
     """
-    rows, problems, seen = [], [], {}
-    given = {}
-    for root in map(Path, roots):  # a source given twice is read once, where it is first given
-        given.setdefault(root.resolve(), root)
-    roots = list(given.values())
-    for path, where, text in (record for root in roots for record in _records(root)):
-        try:
-            if isinstance(text, Exception):
-                raise text
-            r = json.loads(text() if callable(text) else text)
-        except (ValueError, OSError) as e:  # malformed JSON, bytes that are not UTF-8, a file gone
-            problems.append(f"unreadable result {where}: {e}")
+    rows, problems, seen, left_out, roots = [], [], {}, set(), [Path(root) for root in roots]
+    files = {}  # each file read once, wherever a source holds it (a folder and its runs.jsonl, a source twice)
+    for file in (file for root in roots for file in _files(root)):
+        files.setdefault(file.resolve(), file)
+    for path, where, text in ((file, where, text) for file in files.values() for where, text in _records(file)):
+        parsed = _parse(where, text)
+        if isinstance(parsed, str):  # not a run's result: said, and the file keeps it (cli refuses to rewrite it)
+            problems.append(parsed)
+            left_out.add(path.resolve())
             continue
-        missing = sorted(NEEDED - r.keys()) if isinstance(r, dict) else []
-        if not isinstance(r, dict) or missing:
-            problems.append(f"left out {path}: not a run's record{f' (no {missing})' if missing else ''}")
-            continue
-        cfg = r.pop("config", {}) or {}
-        odd = [k for k, kinds in SHAPES.items() if not isinstance(r[k] if k != "config" else cfg, kinds)]
-        if odd:  # a record of another shape (a string config, a q that is not a name): not this project's
-            problems.append(f"left out {path}: not a run's record ({', '.join(odd)} of another type)")
-            continue
-        if not isinstance(r["test_error"], (int, float)) or not np.isfinite(r["test_error"]):
-            problems.append(f"left out, test error {r['test_error']} (a diverged run): {path}")
-            continue
-        if (cfg.get("trainer") or {}).get("fast_dev_run"):
-            problems.append(f"left out, a fast_dev_run (one batch, not a result): {path}")
-            continue
+        r, cfg = parsed
         r["_cell"] = json.dumps({k: v for k, v in cell_config(cfg, DEFAULTS).items() if k != "seed"}, sort_keys=True)
         run = (r["_cell"], *(r.get(k) for k in IDENTITY))  # config and record: a config-less record is its row
         first = seen.setdefault(run, (where, r["test_error"]))
@@ -157,4 +175,5 @@ def load_sweep(*roots: str | Path) -> tuple[pd.DataFrame, list[str]]:
             if g["_cell"].nunique() > 1:  # same row of the table, runs that differ in more than the seed
                 problems.append(f"runs that differ in more than their seed share the table's row {cell}: "
                                 f"{', '.join(sorted(g['run_dir']))}")
+    df.attrs["left_out"] = left_out  # the files some record of which is in no row (none found elsewhere)
     return df, problems
