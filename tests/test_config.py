@@ -199,6 +199,14 @@ def test_choosing_among_candidates_needs_a_validation_slice(make_cfg):
         ("q=custom q._target_=noisy_convnet.estimators.QEstimator", "q._target_"),  # the abstract base
         ("noise=custom noise._target_=noisy_convnet.estimators.NoQ", "noise._target_"),  # the other family
         ("noise=custom noise._target_=noisy_convnet.noise_models.NoiseModel", "noise._target_"),
+        # the network's keys and the optimiser's arguments, before the data loads (were a traceback after it)
+        ("model.hidden=0", "model.hidden"),
+        ("model=mlp model.hidden=128", "model.hidden"),
+        ("model=mlp model.dropout=1.5", "model.dropout"),
+        ("model=resnet18 model.small_stem=no", "model.small_stem"),  # a string read as true
+        ("optim=adagrad +optim.optimizer.momentum=0.9", "optim.optimizer"),
+        ("optim=adagrad +optim.scheduler.gamma=0.5", "optim.scheduler"),  # no schedule to set
+        ("protocol.q_optimizer=rmsprop", "protocol.q_optimizer"),  # was named q.optimizer, a key not given
     ],
 )
 def test_every_user_key_is_checked_before_any_work(make_cfg, override, key, tmp_path):
@@ -217,10 +225,8 @@ def test_every_user_key_is_checked_before_any_work(make_cfg, override, key, tmp_
         (["q.warmup_epochs=3", "trainer.max_epochs=3"], "q.warmup_epochs"),  # Q never leaves its start
         (["early_stopping=true", "data.val_fraction=0.02"], "data.val_fraction"),  # 36 images: under 10 per class
         (["q=anchor", "data.val_fraction=0.02"], "data.val_fraction"),
-        (["model.hidden=0"], "model"),  # a net that cannot learn
         (["q=hoc", "q.sample_size=100000"], "q.sample_size"),  # more than the training images
         (["noise=instance", "level=0"], "level"),  # still ~8% flips: noise=none is clean
-        (["model=resnet18", "model.small_stem=no"], "model"),  # a string read as true
         (["model._target_=collections.OrderedDict"], "model._target_"),  # not a network
     ],
 )
@@ -230,7 +236,10 @@ def test_what_needs_the_data_is_checked_before_training(make_cfg, tmp_path, over
     assert not (tmp_path / "run" / "results.json").exists()
 
 
-@pytest.mark.parametrize("args", [["level=1.5"], ["data=imagenet9"], ["q=nope"], ["seed=-1"], ["data.root="]])
+@pytest.mark.parametrize("args", [["level=1.5"], ["data=imagenet9"], ["q=nope"], ["seed=-1"], ["data.root="],
+                                  ["protocol.plain.epochs=0"], ["protocol.reweight.selection=best"], ["q.start=yes"],
+                                  ["experiment=protocol_trevision", "protocol.revision.optim.optimizer.lr=-1"],
+                                  ["model.dropout=1.5"]])
 def test_a_mistake_is_answered_before_torch_and_lightning_are_imported(tmp_path, args):
     """What makes it quick (README: under a second where a run's imports take ten): exit 2 with torch,
     Lightning, W&B, matplotlib and pandas never imported."""

@@ -64,6 +64,15 @@ class DataConf:
 
 
 SELECTIONS = ("nll", "accuracy")  # what "the best noisy-validation epoch" means: lowest NLL, highest accuracy
+STAGES = ("plain", "reweight", "revision")  # the trainings of an estimator a protocol may set apart (protocol.<role>)
+START_ALLOWED = "estimated (the method's own T) or true (Q*: the oracle start)"
+
+
+def oracle_start(value) -> bool | None:
+    """q.start: True for the oracle start (``true``: Q* instead of the estimate), False for ``estimated``,
+    None for any other value."""
+    return True if value is True or value == "true" else False if value == "estimated" else None
+
 ESTIMATE_ON = ("train", "all")
 
 
@@ -216,9 +225,25 @@ CHECKS = (
         lambda v: v in (1, "1", "auto"),
         "1: one CPU process or one GPU per run (parallel runs: hydra/launcher=joblib)",
     ),
-    ("optim.optimizer.lr", lambda v: _number(v) and v > 0, "a finite number > 0"),
-    ("optim.optimizer.weight_decay", lambda v: v is None or _number(v) and v >= 0, "a finite number >= 0"),
-    ("optim.optimizer.momentum", lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
+    *(
+        (f"{optim}.optimizer.{key}", ok, allowed)
+        for optim in ("optim", *(f"protocol.{role}.optim" for role in STAGES))
+        for key, ok, allowed in (
+            ("lr", lambda v: _number(v) and v > 0, "a finite number > 0"),
+            ("weight_decay", lambda v: v is None or _number(v) and v >= 0, "a finite number >= 0"),
+            ("momentum", lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
+        )
+    ),
+    *(
+        (f"protocol.{role}.{key}", ok, allowed)
+        for role in STAGES
+        for key, ok, allowed in (
+            ("epochs", lambda v: v is None or (_number(v, True) and v >= 1), "a whole number >= 1, or null"),
+            ("selection", lambda v: v is None or v in SELECTIONS, f"{_allowed(SELECTIONS)}, or null"),
+        )
+    ),
+    ("q.start", lambda v: oracle_start(v) is not None, START_ALLOWED),
+    ("model.dropout", lambda v: _number(v) and 0 <= v < 1, "in [0, 1): the share of units dropped"),
     ("optim.scheduler.pct_start", lambda v: _number(v) and 0 < v < 1, "in (0, 1): the share of steps that warm up"),
     (
         "optim.scheduler.milestones",
@@ -276,26 +301,41 @@ def _check_trainer(cfg: DictConfig) -> None:
         raise UserError(f"trainer.fast_dev_run: {fast!r} is not allowed; true, false or a number of batches >= 1")
 
 
-def _check_stage(cfg: DictConfig, role: str) -> None:
-    """protocol.<role>: its epochs, selection and optimiser (built once here, so a bad one is one line)."""
-    node, key = cfg.protocol[role], f"protocol.{role}"
-    _check(cfg, f"{key}.epochs", lambda v: v is None or (_number(v, True) and v >= 1), "a whole number >= 1, or null")
-    _check(cfg, f"{key}.selection", lambda v: v is None or v in SELECTIONS, f"{_allowed(SELECTIONS)}, or null")
-    if node.optim is None:
+def _check_optim(node, key: str) -> None:
+    """An optim node (the run's ``optim``, a stage's ``protocol.<role>.optim``): its optimiser built on a
+    parameter and its scheduler built, so an argument the class does not take is one line here."""
+    if node is None:
         return
-    if not isinstance(node.optim, DictConfig) or "optimizer" not in node.optim:
-        raise UserError(
-            f"{key}.optim: an optim node ({{optimizer: ..., scheduler: ...}}, as conf/optim/*.yaml), or null"
-        )
+    if not isinstance(node, DictConfig) or "optimizer" not in node:
+        raise UserError(f"{key}: an optim node ({{optimizer: ..., scheduler: ...}}, as conf/optim/*.yaml), or null")
     import torch
 
-    optimizer = build(node.optim.optimizer, f"{key}.optim.optimizer")
+    optimizer = build(node.optimizer, f"{key}.optimizer")
     try:
         optimizer([torch.nn.Parameter(torch.zeros(1))])
     except (TypeError, ValueError) as e:
-        raise UserError(f"{key}.optim.optimizer: {e}") from None
-    if node.optim.get("scheduler") is not None:
-        build(node.optim.scheduler, f"{key}.optim.scheduler")
+        raise UserError(f"{key}.optimizer: {e}") from None
+    if node.get("scheduler") is not None:
+        if "_target_" not in node.scheduler:  # keys added to an optim without a schedule (optim=adagrad)
+            raise UserError(f"{key}.scheduler: needs a _target_ (this optim has no schedule: choose one that has, "
+                            "as optim=sgd_step, or give the scheduler's _target_)")
+        build(node.scheduler, f"{key}.scheduler")
+
+
+def _check_model(cfg: DictConfig) -> None:
+    """The network's own keys (model.hidden, ...), before any data loads: it is built on the meta device (no
+    memory) for 28x28 images, and a constructor's refusal of a key ("model.<key>: ...") is one line now.
+    What depends on the data's real shape is checked when the run builds it."""
+    import torch
+    from hydra.utils import instantiate
+
+    try:
+        with torch.device("meta"):
+            instantiate(cfg.model, in_shape=(1, 28, 28), num_classes=10)
+    except Exception as e:  # noqa: BLE001 (anything else is the run's build's to say, with the real shape)
+        cause = e.__cause__ or e
+        if isinstance(cause, ValueError) and str(cause).startswith("model."):
+            raise UserError(str(cause)) from None
 
 
 def _check(cfg: DictConfig, key: str, ok, allowed: str) -> None:
@@ -360,8 +400,13 @@ def check(cfg: DictConfig) -> Checked:
 
     cfg = check_values(cfg)
     _check_trainer(cfg)
-    for role in ("plain", "reweight", "revision"):
-        _check_stage(cfg, role)
+    for key in ("optim", *(f"protocol.{role}.optim" for role in STAGES)):
+        _check_optim(OmegaConf.select(cfg, key), key)
+    _check_model(cfg)
+    from .module import LAYER_OPTIMIZERS
+
+    _check(cfg, "protocol.q_optimizer", lambda v: v is None or v in LAYER_OPTIMIZERS,
+           f"{_allowed(LAYER_OPTIMIZERS)}, or null (a parameter group of the network's optimiser)")
     if cfg.data.name not in datasets.NAMES:
         raise UserError(f"data.name: unknown data set '{cfg.data.name}'; allowed: {_allowed(datasets.NAMES)}")
     if cfg.data.name != "imagefolder":  # keys only an image folder reads: set for another data set, they do nothing

@@ -109,8 +109,11 @@ class LeNet5(nn.Module):
 class MLP(nn.Module):
     def __init__(self, in_shape: Sequence[int], num_classes: int, hidden: Sequence[int], dropout: float):
         super().__init__()
-        if not hidden or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden):
-            raise ValueError(f"model.hidden: {list(hidden)} must be whole numbers >= 1")
+        if not isinstance(hidden, Sequence) or isinstance(hidden, str) or not hidden or any(
+            not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden
+        ):
+            shown = list(hidden) if isinstance(hidden, Sequence) and not isinstance(hidden, str) else hidden
+            raise ValueError(f"model.hidden: {shown!r} must be a list of whole numbers >= 1, one per hidden layer")
         if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
             raise ValueError(f"model.dropout: {dropout!r} must be in [0, 1)")
         layers, width = [nn.Flatten()], int(torch.Size(in_shape).numel())

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..config import START_ALLOWED, oracle_start
 from ..datasets import Split
 from ..errors import Diverged, UserError
 from ..factory import Trainers, Training
@@ -72,11 +73,10 @@ def _estimation_images(train: Split, val: Split, trainers: Trainers) -> Split:
 
 def _start(value) -> bool:
     """q.start: True for the oracle start (``true``: Q* instead of the estimate), False for ``estimated``."""
-    if value is True or value == "true":
-        return True
-    if value == "estimated":
-        return False
-    raise UserError(f"q.start: {value!r} is not allowed; estimated (the method's own T) or true (Q*: the oracle start)")
+    start = oracle_start(value)
+    if start is None:
+        raise UserError(f"q.start: {value!r} is not allowed; {START_ALLOWED}")
+    return start
 
 
 class _Started(_KClasses):
