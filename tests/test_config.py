@@ -129,7 +129,19 @@ def test_bad_input_ends_with_one_line_and_no_results(tmp_path, args, key):
     assert len(err) == 1, p.stderr
     assert err[0].startswith(f"error: {key}: "), err[0]
     assert "Traceback" not in p.stderr + p.stdout
-    assert not (run_dir / "results.json").exists()
+    assert not run_dir.exists()  # not even Hydra's .hydra/ and log: nothing is left of a refused run
+
+
+def test_a_refused_cell_of_a_sweep_leaves_no_folder_and_an_earlier_runs_files_stay(tmp_path):
+    """A key wrong in every cell left a folder of Hydra's files per cell, each then reported as a failed or
+    unfinished run; a folder that holds anything besides them (an earlier run's) is kept."""
+    (tmp_path / "sweep" / "level=1.5,seed=1").mkdir(parents=True)
+    (tmp_path / "sweep" / "level=1.5,seed=1" / "notes.txt").write_text("mine")
+    p = run_cli("-m", "data=digits", "level=1.5", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}", "logger=none")
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.count("error: cell ") == 2
+    assert sorted(f.name for f in (tmp_path / "sweep").iterdir()) == ["level=1.5,seed=1", "multirun.yaml"]
+    assert (tmp_path / "sweep" / "level=1.5,seed=1" / "notes.txt").read_text() == "mine"
 
 
 def test_choosing_among_candidates_needs_a_validation_slice(make_cfg):

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
-from .files import lock, write_atomic
+from .files import LOCK, lock, write_atomic
 from .identity import CellKey
 from .record import RESULTS_FILE, SAME_AS, Record, read
 from .record import write as write_record
@@ -57,7 +57,7 @@ class Cell:
     @contextmanager
     def claimed(self):
         """Held from the look-up to the record: a second process with the same folder waits here."""
-        with lock(self.dir / ".lock", f"the cell {self.dir}"):
+        with lock(self.dir / LOCK, f"the cell {self.dir}"):
             yield self
 
     def finished(self) -> Record | None:
@@ -86,6 +86,15 @@ class Cell:
                 raise UserError(f"run_dir: '{path}' is a {'folder' if path.is_dir() else 'file'}, where a run writes "
                                 f"its {'folder' if folder else 'file'} of that name; give another hydra.run.dir")
         claim_checkpoints(self.dir, self.key)
+
+    def unprepare(self) -> None:
+        """A run refused before it trained (a check that needs the data): the fingerprint ``prepare`` wrote and
+        the labels it kept go; a killed run's checkpoints, and anything else there, stay."""
+        ckpt = self.dir / CHECKPOINTS
+        if ckpt.is_dir() and {p.name for p in ckpt.iterdir()} == {"fingerprint.json"}:
+            drop_checkpoints(self.dir)
+            for name in (LABELS, INDICES):
+                (self.dir / name).unlink(missing_ok=True)
 
     def complete(self, record: Record, model: bytes | None = None) -> Path:
         """Its end: the tested net's weights (``model``, written first: a record means both), the record

@@ -4,12 +4,15 @@
 A user error (bad level, unknown data set or option, malformed matrix file, ...) ends with one line on
 stderr naming the key and what is allowed, and exit status 2; Hydra's own composition errors are turned
 into that line too (hydra_errors.user_error). In a sweep, a bad cell says so in one line and the others run.
+A refused run or cell leaves no folder (the one Hydra made for it goes when it holds only Hydra's files).
 A training that diverges ends with one line and exit status 1 (in a sweep: one line, and the other cells run).
 A sweep with failed cells ends with one line naming them, exit status 2 (all user mistakes) or 1.
 """
 
 import os
+import shutil
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -17,6 +20,7 @@ from omegaconf import DictConfig
 
 from .config import check_values
 from .errors import Diverged, UserError
+from .files import LOCK
 from .hydra_errors import user_error
 from .launch import STATUS, SWEEP_PID, cell_failed, share_machine, stop_with_sweep, sweep_cell
 
@@ -32,6 +36,7 @@ def main(cfg: DictConfig) -> float:
 
         record = run(cfg)
     except UserError as e:
+        _drop_unused_folder(hc)
         if sweep_cell() is not None:  # one bad cell: say which, write nothing, let the others run
             print(f"error: cell {hc.job.override_dirname or hc.job.num}: {e}", file=sys.stderr)
             cell_failed(hc, "user", str(e))
@@ -46,6 +51,23 @@ def main(cfg: DictConfig) -> float:
     where = cfg.get("run_dir") or hc.runtime.output_dir  # this cell's folder (a skipped cell's record names its own)
     print(f"test error {record.test_error:.4f}  results: {where}/results.json")
     return record.test_error
+
+
+def _drop_unused_folder(hc) -> None:
+    """A run refused before any work leaves no folder: its own goes when it holds only what Hydra wrote at its
+    start (.hydra/ and the job's log) and the cell's lock, taken first (a process that holds it keeps the
+    folder); a folder with anything else in it (an earlier run's files) stays."""
+    import fcntl
+
+    folder = Path(hc.runtime.output_dir)
+    if not folder.is_dir() or not {p.name for p in folder.iterdir()} <= {hc.output_subdir, f"{hc.job.name}.log", LOCK}:
+        return
+    with open(folder / LOCK, "a") as f:
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return  # another process of this cell is at work in it
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _exit(e: Exception, status: int):

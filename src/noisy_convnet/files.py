@@ -61,6 +61,9 @@ def save_array(path: str | Path, array: np.ndarray) -> None:
     write_atomic(path, buf.getvalue())
 
 
+LOCK = ".lock"  # a cell's lock file in its folder, held from its look-up to its record (cell.Cell.claimed)
+
+
 @contextmanager
 def lock(path: str | Path, what: str):
     """Holds the POSIX lock of file ``path`` (made if missing): a second process asking for it waits,

@@ -81,6 +81,9 @@ def run(cfg: DictConfig) -> Record:
         threads = torch.get_num_threads()
         try:
             return _run(checked, cell, resolved, inputs, t_start)
+        except UserError:  # refused before it trained: nothing of it is left (cli drops the folder)
+            cell.unprepare()
+            raise
         finally:  # a run's thread count must not reach later runs in this process (their float sums)
             torch.set_num_threads(threads)
 
