@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,14 +123,26 @@ def _bad_matrix_files(tmp_path):
 def test_bad_input_ends_with_one_line_and_no_results(tmp_path, args, key):
     shape, sums = _bad_matrix_files(tmp_path)
     args = [a.replace("SHAPE", str(shape)).replace("SUMS", str(sums)).replace("SWEEP", str(tmp_path)) for a in args]
-    run_dir = tmp_path / "run"
-    p = run_cli("data=digits", f"hydra.run.dir={run_dir}", *args, "logger=none", "trainer.enable_progress_bar=false")
+    p = run_cli("data=digits", *args, "logger=none", "trainer.enable_progress_bar=false", cwd=tmp_path)
     assert p.returncode == 2, p.stderr
     err = [line for line in p.stderr.splitlines() if line.strip()]
     assert len(err) == 1, p.stderr
     assert err[0].startswith(f"error: {key}: "), err[0]
     assert "Traceback" not in p.stderr + p.stdout
-    assert not run_dir.exists()  # not even Hydra's .hydra/ and log: nothing is left of a refused run
+    # not even Hydra's .hydra/ and log in the default run folder: nothing is left of a refused run
+    assert [f.relative_to(tmp_path) for f in (tmp_path / "outputs").rglob("*")] in ([], [Path("outputs/runs")])
+
+
+def test_a_refusal_keeps_a_folder_the_user_named(tmp_path):
+    """hydra.run.dir= names a folder of the user's (an earlier run's log, the working directory): a refused
+    run leaves it as it was, Hydra's files added."""
+    (tmp_path / "mine" / ".hydra").mkdir(parents=True)
+    (tmp_path / "mine" / "train.log").write_text("an earlier run\n")
+    p = run_cli("level=1.5", f"hydra.run.dir={tmp_path / 'mine'}")
+    assert p.returncode == 2 and (tmp_path / "mine" / "train.log").read_text().startswith("an earlier run")
+    (tmp_path / "here").mkdir()
+    assert run_cli("level=1.5", "hydra.run.dir=.", cwd=tmp_path / "here").returncode == 2
+    assert (tmp_path / "here" / ".hydra").is_dir()
 
 
 def test_a_refused_cell_of_a_sweep_leaves_no_folder_and_an_earlier_runs_files_stay(tmp_path):
@@ -246,6 +259,8 @@ def test_what_needs_the_data_is_checked_before_training(make_cfg, tmp_path, over
     with pytest.raises(UserError, match=f"^{key}: "):
         run(make_cfg(*overrides))
     assert not (tmp_path / "run" / "results.json").exists()
+    left = sorted(f.name for f in (tmp_path / "run").iterdir()) if (tmp_path / "run").exists() else []
+    assert left in ([], [".lock"])  # the checkpoints' fingerprint and the labels kept went with the refusal
 
 
 @pytest.mark.parametrize("args", [["level=1.5"], ["data=imagenet9"], ["q=nope"], ["seed=-1"], ["data.root="],

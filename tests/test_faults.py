@@ -138,6 +138,8 @@ def test_what_a_custom_estimator_returns_is_checked(make_cfg, tmp_path, override
     with pytest.raises(error, match="^q._target_: .*tests.test_faults"):
         run(make_cfg(*overrides))
     assert not (tmp_path / "run" / RESULTS_FILE).exists()
+    trained = "ReturnsNone" not in overrides[1]  # refused after it trained: what it wrote stays; before: nothing
+    assert (tmp_path / "run" / "noisy_labels.npy").is_file() == trained
 
 
 def test_what_a_custom_noise_model_returns_is_checked(make_cfg, tmp_path):

@@ -48,6 +48,7 @@ class Cell:
 
     def __init__(self, run_dir: str | Path, key: CellKey, defaults: dict, sweep_dir: Path | None = None):
         self.dir, self.key, self.defaults, self.sweep_dir = Path(run_dir), key, defaults, sweep_dir
+        self.trainings: list = []  # the run's trainings so far (its Trainers' protocol): none, nothing was trained
 
     @property
     def stages(self) -> Path:
@@ -88,10 +89,10 @@ class Cell:
         claim_checkpoints(self.dir, self.key)
 
     def unprepare(self) -> None:
-        """A run refused before it trained (a check that needs the data): the fingerprint ``prepare`` wrote and
-        the labels it kept go; a killed run's checkpoints, and anything else there, stay."""
+        """A run refused before its first training (a check that needs the data): the fingerprint ``prepare``
+        wrote and the labels it kept go; after a training began, or with a killed run's checkpoints, all stays."""
         ckpt = self.dir / CHECKPOINTS
-        if ckpt.is_dir() and {p.name for p in ckpt.iterdir()} == {"fingerprint.json"}:
+        if not self.trainings and ckpt.is_dir() and {p.name for p in ckpt.iterdir()} == {"fingerprint.json"}:
             drop_checkpoints(self.dir)
             for name in (LABELS, INDICES):
                 (self.dir / name).unlink(missing_ok=True)

@@ -9,6 +9,7 @@ A training that diverges ends with one line and exit status 1 (in a sweep: one l
 A sweep with failed cells ends with one line naming them, exit status 2 (all user mistakes) or 1.
 """
 
+import contextlib
 import os
 import shutil
 import sys
@@ -36,7 +37,7 @@ def main(cfg: DictConfig) -> float:
 
         record = run(cfg)
     except UserError as e:
-        _drop_unused_folder(hc)
+        _drop_unused_folder(hc, cfg)
         if sweep_cell() is not None:  # one bad cell: say which, write nothing, let the others run
             print(f"error: cell {hc.job.override_dirname or hc.job.num}: {e}", file=sys.stderr)
             cell_failed(hc, "user", str(e))
@@ -53,21 +54,34 @@ def main(cfg: DictConfig) -> float:
     return record.test_error
 
 
-def _drop_unused_folder(hc) -> None:
-    """A run refused before any work leaves no folder: its own goes when it holds only what Hydra wrote at its
-    start (.hydra/ and the job's log) and the cell's lock, taken first (a process that holds it keeps the
-    folder); a folder with anything else in it (an earlier run's files) stays."""
+def _drop_unused_folder(hc, cfg: DictConfig) -> None:
+    """A refused run leaves no folder of its own: a sweep's cell folder (named by its overrides) or a single
+    run's default one (outputs/runs/<date>/<time>, new to the microsecond) goes when it holds only what Hydra
+    wrote at the job's start (.hydra/, the job's log) and the cell's lock, taken first and the folder listed
+    again under it. A folder the user named (hydra.run.dir=; a cell's with run_dir= elsewhere), the working
+    directory or one above it, or one holding anything else (an earlier run's files, same_as.json) stays."""
     import fcntl
 
-    folder = Path(hc.runtime.output_dir)
-    if not folder.is_dir() or not {p.name for p in folder.iterdir()} <= {hc.output_subdir, f"{hc.job.name}.log", LOCK}:
+    folder, cell = Path(hc.runtime.output_dir).resolve(), sweep_cell() is not None
+    if cell:  # its lock is the cell's only where the cell runs (run_dir= may move it elsewhere)
+        own = cfg.get("run_dir") is None or Path(cfg.run_dir).resolve() == folder
+    else:  # the default folder is this process's alone (named to the microsecond); one the user named is not
+        own = not any(o.startswith("hydra.run.dir=") for o in hc.overrides.hydra)
+    if not own or folder == Path.cwd().resolve() or folder in Path.cwd().resolve().parents:
+        return
+    hydra_files = {hc.output_subdir, f"{hc.job.name}.log", LOCK}
+    if not folder.is_dir() or not {p.name for p in folder.iterdir()} <= hydra_files:
         return
     with open(folder / LOCK, "a") as f:
         try:
             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return  # another process of this cell is at work in it
-        shutil.rmtree(folder, ignore_errors=True)
+        if {p.name for p in folder.iterdir()} <= hydra_files:  # still only those, now that no one else writes
+            shutil.rmtree(folder, ignore_errors=True)
+    if not cell:  # the run's date folder, if it held only this run
+        with contextlib.suppress(OSError):
+            folder.parent.rmdir()
 
 
 def _exit(e: Exception, status: int):

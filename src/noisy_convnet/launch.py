@@ -80,7 +80,7 @@ def cell_failed(hc, kind: str, message: str) -> None:
     """Note a failed cell (``kind``: "user" for a user mistake, "diverged") for its sweep's summary."""
     from .files import write_atomic
 
-    folder = Path(hc.sweep.dir) / FAILED
+    folder = Path(hc.runtime.cwd) / hc.sweep.dir / FAILED  # the command's folder: a job may have moved (chdir)
     folder.mkdir(parents=True, exist_ok=True)
     note = {"cell": hc.job.override_dirname or str(hc.job.num), "kind": kind, "error": message}
     write_atomic(folder / f"{os.environ.get(SWEEP_PID, os.getpid())}-{hc.job.num}.json", json.dumps(note))

@@ -138,6 +138,7 @@ def _run(checked: config.Checked, cell: Cell, resolved: dict, inputs: dict, t_st
 
     trainers = Trainers(Spec.of(cfg), ds.shape, noisy.test, noisy.q_true, noisy.num_classes, run_dir, watch,
                         cell.stages)
+    cell.trainings = trainers.protocol  # from its first training on, a refusal keeps what the run wrote
     fitted = _checked_fit(estimator.fit(noisy, train, val, trainers), noisy, cfg.q)
     t = fitted.training
     record = Record(
