@@ -15,16 +15,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = re.compile(r"(<!-- table (\d+) of (\S+) \(tests/test_docs.py checks it\) -->\n)((?:\|.*\|\n)+)")
-DOCS = ("README.md", "docs/results.md", "docs/method.md")
+DOCS = ("README.md", "docs/results.md", "docs/method.md")  # the docs that hold marked tables
 
 
-def _cells(line: str) -> list[str]:
+def cells(line: str) -> list[str]:
+    """A markdown table row's cells, stripped."""
     return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def tables(markdown: str) -> list[str]:
+    """Every markdown table of a text, as its block of lines."""
+    return re.findall(r"((?:^\|.*\|\n)+)", markdown, flags=re.M)
 
 
 def _table(block: str, header: list[str]) -> str:
     """A report's table block, compact (| a | b |), under ``header``."""
-    rows = [_cells(line) for line in block.splitlines()]
+    rows = [cells(line) for line in block.splitlines()]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[2:]]) + "\n"
 
@@ -38,9 +44,8 @@ def retable(report: Path, doc: Path) -> int:
         number, source, block = int(m.group(2)), ROOT / m.group(3), m.group(4)
         if report.resolve() not in source.resolve().parents:
             return m.group(0)
-        tables = re.findall(r"((?:^\|.*\|\n)+)", source.read_text(), flags=re.M)
         count += 1
-        return m.group(1) + _table(tables[number - 1], _cells(block.splitlines()[0]))
+        return m.group(1) + _table(tables(source.read_text())[number - 1], cells(block.splitlines()[0]))
 
     text = doc.read_text()
     new = MARK.sub(sub, text)

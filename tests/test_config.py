@@ -134,15 +134,22 @@ def test_bad_input_ends_with_one_line_and_no_results(tmp_path, args, key):
 
 
 def test_a_refusal_keeps_a_folder_the_user_named(tmp_path):
-    """hydra.run.dir= names a folder of the user's (an earlier run's log, the working directory): a refused
-    run leaves it as it was, Hydra's files added."""
-    (tmp_path / "mine" / ".hydra").mkdir(parents=True)
-    (tmp_path / "mine" / "train.log").write_text("an earlier run\n")
-    p = run_cli("level=1.5", f"hydra.run.dir={tmp_path / 'mine'}")
-    assert p.returncode == 2 and (tmp_path / "mine" / "train.log").read_text().startswith("an earlier run")
+    """hydra.run.dir= (or ++hydra.run.dir=) names a folder of the user's, here one with an earlier run's
+    .hydra/ and log, or the working directory: a refused run leaves it; a run in its default folder that
+    moved into it (hydra.job.chdir=true) leaves nothing."""
+    for override in ("hydra.run.dir", "++hydra.run.dir"):
+        mine = tmp_path / override
+        (mine / ".hydra").mkdir(parents=True)
+        (mine / "cli.log").write_text("an earlier run\n")
+        p = run_cli("level=1.5", f"{override}={mine}")
+        assert p.returncode == 2 and (mine / "cli.log").read_text().startswith("an earlier run"), p.stderr
     (tmp_path / "here").mkdir()
     assert run_cli("level=1.5", "hydra.run.dir=.", cwd=tmp_path / "here").returncode == 2
     assert (tmp_path / "here" / ".hydra").is_dir()
+    (tmp_path / "moved").mkdir()
+    assert run_cli("level=1.5", "hydra.job.chdir=true", cwd=tmp_path / "moved").returncode == 2
+    assert sorted(f.relative_to(tmp_path) for f in (tmp_path / "moved").rglob("*")) == [Path("moved/outputs"),
+                                                                                   Path("moved/outputs/runs")]
 
 
 def test_a_refused_cell_of_a_sweep_leaves_no_folder_and_an_earlier_runs_files_stay(tmp_path):
@@ -231,6 +238,7 @@ def test_choosing_among_candidates_needs_a_validation_slice(make_cfg):
         ("model=resnet18 model.small_stem=no", "model.small_stem"),  # a string read as true
         ("optim=adagrad +optim.optimizer.momentum=0.9", "optim.optimizer"),
         ("optim=adagrad +optim.scheduler.gamma=0.5", "optim.scheduler"),  # no schedule to set
+        ("optim.scheduler=5", "optim.scheduler"),  # was a TypeError traceback
         ("protocol.q_optimizer=rmsprop", "protocol.q_optimizer"),  # was named q.optimizer, a key not given
     ],
 )

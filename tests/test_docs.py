@@ -2,6 +2,7 @@
 ``<!-- table N of PATH (tests/test_docs.py checks it) -->`` holds, row by row, the cells of the N-th table
 of that committed report (labels and bold aside), so a hand-copied number that drifts fails the suite."""
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -9,24 +10,26 @@ import pytest
 
 from .conftest import ROOT
 
-MARK = re.compile(r"<!-- table (\d+) of (\S+) \(tests/test_docs.py checks it\) -->\n((?:\|.*\|\n)+)")
+_spec = importlib.util.spec_from_file_location("retable", ROOT / "scripts" / "retable.py")
+retable = importlib.util.module_from_spec(_spec)  # the marks and tables as scripts/retable.py reads and writes them
+_spec.loader.exec_module(retable)
 
 
 def _tables(markdown: str) -> list[list[list[str]]]:
-    """Every markdown table of a text: its body rows as lists of stripped cells (header and rule left out)."""
-    blocks = re.findall(r"((?:^\|.*\|\n)+)", markdown, flags=re.M)
-    return [[_cells(line) for line in block.splitlines()[2:]] for block in blocks]
+    """Every markdown table of a text: its body rows as lists of cells (header and rule left out)."""
+    return [[_cells(line) for line in block.splitlines()[2:]] for block in retable.tables(markdown)]
 
 
 def _cells(line: str) -> list[str]:
-    return [c.strip().replace("**", "") for c in line.strip().strip("|").split("|")]
+    return [c.replace("**", "") for c in retable.cells(line)]  # bold aside
 
 
-def _marked(doc: str):
-    return MARK.findall((ROOT / doc).read_text())
+def _marked(doc: str) -> list[tuple[str, str, str]]:
+    """(N, PATH, table block) of each marked table of a doc."""
+    return [(n, path, block) for _, n, path, block in retable.MARK.findall((ROOT / doc).read_text())]
 
 
-@pytest.mark.parametrize("doc, at_least", [("README.md", 1), ("docs/results.md", 3), ("docs/method.md", 1)])
+@pytest.mark.parametrize("doc, at_least", zip(retable.DOCS, (1, 3, 1), strict=True))
 def test_every_marked_table_holds_its_reports_numbers(doc, at_least):
     marked = _marked(doc)
     assert len(marked) >= at_least  # the README's headline table; the estimators' two and the peers' in results
@@ -80,11 +83,6 @@ def test_the_code_map_names_every_module():
 def test_retable_rewrites_a_drifted_copy_from_its_report(tmp_path):
     """scripts/retable.py, run after a report is regenerated, puts the report's rows back into a marked
     table (here one whose number drifted) and leaves the rest of the doc as it was."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("retable", ROOT / "scripts" / "retable.py")
-    retable = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(retable)
     readme = (ROOT / "README.md").read_text()
     number, source, block = next(m for m in _marked("README.md") if "peers_mnist" in m[1])  # labels as the report's
     drifted = block.replace(block.splitlines()[2].split("|")[2], " 99.9 ", 1)

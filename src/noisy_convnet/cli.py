@@ -4,7 +4,8 @@
 A user error (bad level, unknown data set or option, malformed matrix file, ...) ends with one line on
 stderr naming the key and what is allowed, and exit status 2; Hydra's own composition errors are turned
 into that line too (hydra_errors.user_error). In a sweep, a bad cell says so in one line and the others run.
-A refused run or cell leaves no folder (the one Hydra made for it goes when it holds only Hydra's files).
+A refused run or cell leaves no folder of its own (one the user named stays): it goes when it holds only
+Hydra's files.
 A training that diverges ends with one line and exit status 1 (in a sweep: one line, and the other cells run).
 A sweep with failed cells ends with one line naming them, exit status 2 (all user mistakes) or 1.
 """
@@ -21,7 +22,7 @@ from omegaconf import DictConfig
 
 from .config import check_values
 from .errors import Diverged, UserError
-from .files import LOCK
+from .files import LOCK, try_lock
 from .hydra_errors import user_error
 from .launch import STATUS, SWEEP_PID, cell_failed, share_machine, stop_with_sweep, sweep_cell
 
@@ -54,32 +55,34 @@ def main(cfg: DictConfig) -> float:
     return record.test_error
 
 
-def _drop_unused_folder(hc, cfg: DictConfig) -> None:
-    """A refused run leaves no folder of its own: a sweep's cell folder (named by its overrides) or a single
-    run's default one (outputs/runs/<date>/<time>, new to the microsecond) goes when it holds only what Hydra
-    wrote at the job's start (.hydra/, the job's log) and the cell's lock, taken first and the folder listed
-    again under it. A folder the user named (hydra.run.dir=; a cell's with run_dir= elsewhere), the working
-    directory or one above it, or one holding anything else (an earlier run's files, same_as.json) stays."""
-    import fcntl
-
-    folder, cell = Path(hc.runtime.output_dir).resolve(), sweep_cell() is not None
-    if cell:  # its lock is the cell's only where the cell runs (run_dir= may move it elsewhere)
+def _own_folder(hc, cfg: DictConfig) -> Path | None:
+    """The folder Hydra made for this job when it is the run's own: a sweep's cell folder (named by its
+    overrides, the run's where run_dir= does not move it) or a single run's default one (outputs/runs/<date>/
+    <time>, new to the microsecond). None for a folder the user named (hydra.run.dir=), the command's working
+    directory or one above it."""
+    folder, start = Path(hc.runtime.output_dir).resolve(), Path(hc.runtime.cwd).resolve()
+    if sweep_cell() is not None:
         own = cfg.get("run_dir") is None or Path(cfg.run_dir).resolve() == folder
-    else:  # the default folder is this process's alone (named to the microsecond); one the user named is not
-        own = not any(o.startswith("hydra.run.dir=") for o in hc.overrides.hydra)
-    if not own or folder == Path.cwd().resolve() or folder in Path.cwd().resolve().parents:
-        return
+    else:
+        own = not any(o.lstrip("+").startswith("hydra.run.dir=") for o in hc.overrides.hydra)
+    return folder if own and folder != start and folder not in start.parents else None
+
+
+def _drop_unused_folder(hc, cfg: DictConfig) -> None:
+    """A refused run leaves no folder of its own (``_own_folder``): it goes when it holds only what Hydra
+    wrote at the job's start (.hydra/, the job's log) and the cell's lock, taken first and the folder listed
+    again under it; one holding anything else (an earlier run's files, same_as.json) stays."""
+    folder = _own_folder(hc, cfg)
     hydra_files = {hc.output_subdir, f"{hc.job.name}.log", LOCK}
-    if not folder.is_dir() or not {p.name for p in folder.iterdir()} <= hydra_files:
+    if folder is None or not folder.is_dir() or not {p.name for p in folder.iterdir()} <= hydra_files:
         return
-    with open(folder / LOCK, "a") as f:
-        try:
-            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return  # another process of this cell is at work in it
+    with try_lock(folder / LOCK) as locked:
+        if not locked:  # another process of this cell is at work in it
+            return
         if {p.name for p in folder.iterdir()} <= hydra_files:  # still only those, now that no one else writes
+            os.chdir(hc.runtime.cwd)  # not from within it (hydra.job.chdir=true); Hydra restores its own
             shutil.rmtree(folder, ignore_errors=True)
-    if not cell:  # the run's date folder, if it held only this run
+    if sweep_cell() is None:  # the run's date folder, if it held only this run
         with contextlib.suppress(OSError):
             folder.parent.rmdir()
 

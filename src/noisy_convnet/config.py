@@ -5,8 +5,9 @@ The schema (``TrainConf``, registered with Hydra's ConfigStore as ``schema`` and
 ``conf/train.yaml``'s defaults) holds the defaults of the top-level and ``data.*`` keys; the YAML files
 override only what differs. The groups built with ``_target_`` (``noise``, ``q``, ``model``, ``optim``)
 are objects whose YAML file is their one home: their constructors take no defaults for what the file
-sets, and check their own arguments when they are built. ``validate`` builds the noise model and the Q
-estimator, so a bad ``noise.*`` or ``q.*`` value ends in one line before any data is loaded.
+sets, and check their own arguments when they are built. ``validate`` builds the noise model, the Q
+estimator and the optimisers, and the network on torch's meta device, so a bad ``noise.*``, ``q.*``,
+``optim.*`` or ``model.*`` value ends in one line before any data is loaded.
 
 Hydra's own composition errors (an unknown option, a key that does not exist, a value of the wrong type)
 become the same one line through ``hydra_errors.user_error``; ``compose(overrides)`` is the Python entry
@@ -315,19 +316,19 @@ def _check_optim(node, key: str) -> None:
         optimizer([torch.nn.Parameter(torch.zeros(1))])
     except (TypeError, ValueError) as e:
         raise UserError(f"{key}.optimizer: {e}") from None
-    if node.get("scheduler") is not None:
-        if "_target_" not in node.scheduler:  # keys added to an optim without a schedule (optim=adagrad)
-            raise UserError(f"{key}.scheduler: needs a _target_ (this optim has no schedule: choose one that has, "
-                            "as optim=sgd_step, or give the scheduler's _target_)")
-        build(node.scheduler, f"{key}.scheduler")
+    scheduler = node.get("scheduler")
+    if scheduler is not None:  # a value, or keys added to an optim without a schedule (optim=adagrad +...)
+        if not isinstance(scheduler, DictConfig) or "_target_" not in scheduler:
+            raise UserError(f"{key}.scheduler: a scheduler node with a _target_ (as in conf/optim/sgd_step.yaml), "
+                            "or null")
+        build(scheduler, f"{key}.scheduler")
 
 
-def _check_model(cfg: DictConfig) -> None:
+def _check_model_keys(cfg: DictConfig) -> None:
     """The network's own keys (model.hidden, ...), before any data loads: it is built on the meta device (no
     memory) for 28x28 images, and a constructor's refusal of a key ("model.<key>: ...") is one line now.
     What depends on the data's real shape is checked when the run builds it."""
     import torch
-    from hydra.utils import instantiate
 
     try:
         with torch.device("meta"):
@@ -394,15 +395,16 @@ def validate(cfg: DictConfig) -> DictConfig:
 
 
 def check(cfg: DictConfig) -> Checked:
-    """Check every user-facing value, building the noise model and the Q estimator to check theirs; return
-    them with the typed config (train.run uses these very objects). Raises UserError on the first bad one."""
+    """Check every user-facing value, building the noise model and the Q estimator to check theirs (and the
+    optimisers, and the network on the meta device: ``_check_optim``, ``_check_model_keys``); return the two
+    with the typed config (train.run uses these very objects). Raises UserError on the first bad one."""
     from . import datasets
 
     cfg = check_values(cfg)
     _check_trainer(cfg)
     for key in ("optim", *(f"protocol.{role}.optim" for role in STAGES)):
         _check_optim(OmegaConf.select(cfg, key), key)
-    _check_model(cfg)
+    _check_model_keys(cfg)
     from .module import LAYER_OPTIMIZERS
 
     _check(cfg, "protocol.q_optimizer", lambda v: v is None or v in LAYER_OPTIMIZERS,

@@ -83,6 +83,19 @@ def lock(path: str | Path, what: str):
         yield  # closing the file releases the lock
 
 
+@contextmanager
+def try_lock(path: str | Path):
+    """Holds the POSIX lock of file ``path`` (made if missing) when no other process does: yields True;
+    False at once when another holds it (or the file system has no locks)."""
+    with open(path, "a") as f:
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+
+
 def _wait(f, what: str, every_s: float = 1.0, say_every_s: float = 600.0) -> None:
     waited = 0.0
     while True:

@@ -28,6 +28,12 @@ def sweep_cell():
     return hc if hc.mode == RunMode.MULTIRUN else None
 
 
+def sweep_folder(hc) -> Path:
+    """The sweep's folder, absolute: Hydra's sweep.dir from the command's working directory (a job may run
+    in another: hydra.job.chdir=true)."""
+    return Path(hc.runtime.cwd, hc.sweep.dir).resolve()
+
+
 def joblib_jobs(launcher: DictConfig | dict, cores: int) -> int | None:
     """How many cells the joblib launcher runs at once on this machine (joblib: n_jobs -1 = one per core);
     None for another launcher."""
@@ -80,7 +86,7 @@ def cell_failed(hc, kind: str, message: str) -> None:
     """Note a failed cell (``kind``: "user" for a user mistake, "diverged") for its sweep's summary."""
     from .files import write_atomic
 
-    folder = Path(hc.runtime.cwd) / hc.sweep.dir / FAILED  # the command's folder: a job may have moved (chdir)
+    folder = sweep_folder(hc) / FAILED
     folder.mkdir(parents=True, exist_ok=True)
     note = {"cell": hc.job.override_dirname or str(hc.job.num), "kind": kind, "error": message}
     write_atomic(folder / f"{os.environ.get(SWEEP_PID, os.getpid())}-{hc.job.num}.json", json.dumps(note))

@@ -35,7 +35,7 @@ from .errors import Diverged, UserError
 from .estimators import Fitted
 from .factory import Trainers, Training
 from .files import save_array
-from .launch import sweep_cell
+from .launch import sweep_cell, sweep_folder
 from .loggers import build_loggers, quiet
 from .noise_models import NoisyData
 from .protocol import Spec
@@ -81,7 +81,7 @@ def run(cfg: DictConfig) -> Record:
         threads = torch.get_num_threads()
         try:
             return _run(checked, cell, resolved, inputs, t_start)
-        except UserError:  # refused before it trained: nothing of it is left (cli drops the folder)
+        except UserError:  # refused: before its first training, nothing of it is left (cli drops the folder)
             cell.unprepare()
             raise
         finally:  # a run's thread count must not reach later runs in this process (their float sums)
@@ -93,7 +93,7 @@ def _sweep_dir() -> Path | None:
     hc = sweep_cell()
     if hc is None:
         return None
-    sweep = Path(hc.sweep.dir).resolve()
+    sweep = sweep_folder(hc)
     return sweep if Path(hc.runtime.output_dir).resolve().parent == sweep else None
 
 

@@ -135,7 +135,7 @@ def load_sweep(*roots: str | Path) -> tuple[pd.DataFrame, list[str]]:
             continue
         r, cfg = parsed
         r["_cell"] = json.dumps({k: v for k, v in cell_config(cfg, DEFAULTS).items() if k != "seed"}, sort_keys=True)
-        run = (r["_cell"], *(r.get(k) for k in IDENTITY))  # config and record: a config-less record is its row
+        run = json.dumps([r["_cell"], *(r.get(k) for k in IDENTITY)], default=str)  # a config-less record: its row
         first = seen.setdefault(run, (where, r["test_error"]))
         if first[0] != where:  # the run again (a report's copy of a folder's record): the first one read is kept
             if first[1] != r["test_error"]:
