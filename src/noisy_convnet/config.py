@@ -65,7 +65,7 @@ class DataConf:
 
 
 SELECTIONS = ("nll", "accuracy")  # what "the best noisy-validation epoch" means: lowest NLL, highest accuracy
-STAGES = ("plain", "reweight", "revision")  # the trainings of an estimator a protocol may set apart (protocol.<role>)
+ROLES = ("plain", "reweight", "revision")  # protocol.<role>: the trainings a peer's protocol may set apart
 START_ALLOWED = "estimated (the method's own T) or true (Q*: the oracle start)"
 
 
@@ -228,7 +228,7 @@ CHECKS = (
     ),
     *(
         (f"{optim}.optimizer.{key}", ok, allowed)
-        for optim in ("optim", *(f"protocol.{role}.optim" for role in STAGES))
+        for optim in ("optim", *(f"protocol.{role}.optim" for role in ROLES))
         for key, ok, allowed in (
             ("lr", lambda v: _number(v) and v > 0, "a finite number > 0"),
             ("weight_decay", lambda v: v is None or _number(v) and v >= 0, "a finite number >= 0"),
@@ -237,7 +237,7 @@ CHECKS = (
     ),
     *(
         (f"protocol.{role}.{key}", ok, allowed)
-        for role in STAGES
+        for role in ROLES
         for key, ok, allowed in (
             ("epochs", lambda v: v is None or (_number(v, True) and v >= 1), "a whole number >= 1, or null"),
             ("selection", lambda v: v is None or v in SELECTIONS, f"{_allowed(SELECTIONS)}, or null"),
@@ -402,7 +402,7 @@ def check(cfg: DictConfig) -> Checked:
 
     cfg = check_values(cfg)
     _check_trainer(cfg)
-    for key in ("optim", *(f"protocol.{role}.optim" for role in STAGES)):
+    for key in ("optim", *(f"protocol.{role}.optim" for role in ROLES)):
         _check_optim(OmegaConf.select(cfg, key), key)
     _check_model_keys(cfg)
     from .module import LAYER_OPTIMIZERS

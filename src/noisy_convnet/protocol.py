@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
+from .config import ROLES
 from .devices import channels_last, training_device
-
-ROLES = ("plain", "reweight", "revision")  # protocol.<role>: the trainings a peer's protocol may set apart
 
 
 def _named(node: dict | None) -> dict | None:

@@ -136,12 +136,13 @@ def load_sweep(*roots: str | Path) -> tuple[pd.DataFrame, list[str]]:
         r, cfg = parsed
         r["_cell"] = json.dumps({k: v for k, v in cell_config(cfg, DEFAULTS).items() if k != "seed"}, sort_keys=True)
         run = json.dumps([r["_cell"], *(r.get(k) for k in IDENTITY)], default=str)  # a config-less record: its row
-        first = seen.setdefault(run, (where, r["test_error"]))
-        if first[0] != where:  # the run again (a report's copy of a folder's record): the first one read is kept
-            if first[1] != r["test_error"]:
-                problems.append(f"left out {where}: the run of {first[0]} again, with test error {r['test_error']} "
-                                f"where that has {first[1]} (kept)")
+        if run in seen:  # the run again (a report's copy of a folder's record): the first one read is kept
+            first, error = seen[run]
+            if error != r["test_error"]:
+                problems.append(f"left out {where}: the run of {first} again, with test error {r['test_error']} "
+                                f"where that has {error} (kept)")
             continue
+        seen[run] = (where, r["test_error"])
         row = {k: v for k, v in r.items() if k not in MATRICES}
         row.update({f"cfg.{k}": v for k, v in pd.json_normalize(cfg, sep=".").iloc[0].items()} if cfg else {})
         row["run_dir"] = str(path.parent)
