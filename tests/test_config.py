@@ -278,11 +278,27 @@ def test_what_needs_the_data_is_checked_before_training(make_cfg, tmp_path, over
 def test_a_mistake_is_answered_before_torch_and_lightning_are_imported(tmp_path, args):
     """What makes it quick (README: under a second where a run's imports take ten): exit 2 with torch,
     Lightning, W&B, matplotlib and pandas never imported."""
+    assert _answered(args, tmp_path) == "exit 2 heavy []"
+
+
+@pytest.mark.parametrize("args", [["model=mlp", "model.hidden=128"], ["model=lenet5", "+model.width=2"],
+                                  ["protocol.q_optimizer=rmsprop"],
+                                  ["optim=adagrad", "+optim.optimizer.momentum=0.9"]])
+def test_a_mistake_of_the_network_or_an_optimiser_is_answered_before_lightning_is_imported(tmp_path, args):
+    """The network's keys (built on the meta device), Q's optimiser and an optimiser without a schedule need
+    torch only: config.check asks them before what needs Lightning, and the command line checks before it
+    imports the training."""
+    assert _answered(args, tmp_path) == "exit 2 heavy ['torch']"
+
+
+def _answered(args: list[str], run_dir) -> str:
+    """How the command line ended for args: its exit status and which heavy libraries it had imported."""
     code = ("import sys\nfrom noisy_convnet.cli import entry\nsys.argv = ['train.py', *sys.argv[1:]]\n"
             "try:\n    entry()\nexcept SystemExit as e:\n"
             "    heavy = [m for m in ('torch', 'pytorch_lightning', 'wandb', 'matplotlib', 'pandas')"
             " if m in sys.modules]\n"
             "    print('exit', e.code, 'heavy', heavy)\n")
-    p = subprocess.run([sys.executable, "-c", code, *args, f"hydra.run.dir={tmp_path}"], capture_output=True,
+    p = subprocess.run([sys.executable, "-c", code, *args, f"hydra.run.dir={run_dir}"], capture_output=True,
                        text=True, timeout=120)
-    assert p.stdout.strip().splitlines()[-1] == "exit 2 heavy []", p.stdout + p.stderr
+    assert p.stdout.strip(), p.stderr
+    return p.stdout.strip().splitlines()[-1]

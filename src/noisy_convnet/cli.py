@@ -20,7 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .config import check_values
+from .config import check
 from .errors import Diverged, UserError
 from .files import LOCK, try_lock
 from .hydra_errors import user_error
@@ -33,10 +33,10 @@ def main(cfg: DictConfig) -> float:
     share_machine(cfg, hc.launcher, os.cpu_count() or 1)
     stop_with_sweep(hc.launcher)
     try:
-        check_values(cfg)  # before torch and Lightning are imported: a mistake answered at Hydra's speed
+        checked = check(cfg)  # before Lightning is imported (and torch, for most keys): a mistake answered quickly
         from .train import run
 
-        record = run(cfg)
+        record = run(checked)
     except UserError as e:
         _drop_unused_folder(hc, cfg)
         if sweep_cell() is not None:  # one bad cell: say which, write nothing, let the others run

@@ -177,11 +177,15 @@ def build(node: DictConfig, key: str, **kwargs):
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as e:
-        if isinstance(e.__cause__, UserError):
-            raise e.__cause__ from None
-        cause = e.__cause__  # a constructor refusing its arguments (e.g. a network too deep for the images)
-        why = cause if isinstance(cause, (TypeError, ValueError, RuntimeError)) else str(e).splitlines()[0]
-        raise UserError(f"{key}: cannot build {node.get('_target_')} ({why})") from None
+        raise _build_error(node, key, e) from None
+
+
+def _build_error(node: DictConfig, key: str, e: InstantiationException) -> UserError:
+    if isinstance(e.__cause__, UserError):
+        return e.__cause__
+    cause = e.__cause__  # a constructor refusing its arguments (e.g. a network too deep for the images)
+    why = cause if isinstance(cause, (TypeError, ValueError, RuntimeError)) else str(e).splitlines()[0]
+    return UserError(f"{key}: cannot build {node.get('_target_')} ({why})")
 
 
 def built(obj, node: DictConfig, key: str, base: type, method: str):
@@ -326,17 +330,21 @@ def _check_optim(node, key: str) -> None:
 
 def _check_model_keys(cfg: DictConfig) -> None:
     """The network's own keys (model.hidden, ...), before any data loads: it is built on the meta device (no
-    memory) for 28x28 images, and a constructor's refusal of a key ("model.<key>: ...") is one line now.
-    What depends on the data's real shape is checked when the run builds it."""
+    memory) for 28x28 images, and a constructor's refusal of a key ("model.<key>: ...") or of an argument it
+    does not take is one line now. What depends on the data's real shape is checked when the run builds it."""
     import torch
 
     try:
         with torch.device("meta"):
             instantiate(cfg.model, in_shape=(1, 28, 28), num_classes=10)
-    except Exception as e:  # noqa: BLE001 (anything else is the run's build's to say, with the real shape)
-        cause = e.__cause__ or e
+    except InstantiationException as e:
+        cause = e.__cause__
         if isinstance(cause, ValueError) and str(cause).startswith("model."):
             raise UserError(str(cause)) from None
+        if isinstance(cause, (TypeError, UserError)):
+            raise _build_error(cfg.model, "model", e) from None
+    except Exception:  # noqa: BLE001, S110 (anything else is the run's build's to say, with the real shape)
+        pass
 
 
 def _check(cfg: DictConfig, key: str, ok, allowed: str) -> None:
@@ -397,18 +405,22 @@ def validate(cfg: DictConfig) -> DictConfig:
 def check(cfg: DictConfig) -> Checked:
     """Check every user-facing value, building the noise model and the Q estimator to check theirs (and the
     optimisers, and the network on the meta device: ``_check_optim``, ``_check_model_keys``); return the two
-    with the typed config (train.run uses these very objects). Raises UserError on the first bad one."""
-    from . import datasets
-
+    with the typed config (train.run uses these very objects). Raises UserError on the first bad one.
+    In the order of what each check needs: nothing heavy (``check_values``), then torch (the network, Q's
+    optimiser), then Lightning (the optimisers' schedules live in module.py, the trainer) and the data sets:
+    the command line calls this before it imports the training, so a mistake of the first two kinds is
+    answered before Lightning is imported."""
     cfg = check_values(cfg)
-    _check_trainer(cfg)
-    for key in ("optim", *(f"protocol.{role}.optim" for role in ROLES)):
-        _check_optim(OmegaConf.select(cfg, key), key)
     _check_model_keys(cfg)
-    from .module import LAYER_OPTIMIZERS
+    from .layers import LAYER_OPTIMIZERS
 
     _check(cfg, "protocol.q_optimizer", lambda v: v is None or v in LAYER_OPTIMIZERS,
            f"{_allowed(LAYER_OPTIMIZERS)}, or null (a parameter group of the network's optimiser)")
+    for key in ("optim", *(f"protocol.{role}.optim" for role in ROLES)):
+        _check_optim(OmegaConf.select(cfg, key), key)
+    _check_trainer(cfg)
+    from . import datasets
+
     if cfg.data.name not in datasets.NAMES:
         raise UserError(f"data.name: unknown data set '{cfg.data.name}'; allowed: {_allowed(datasets.NAMES)}")
     if cfg.data.name != "imagefolder":  # keys only an image folder reads: set for another data set, they do nothing

@@ -72,6 +72,10 @@ def balance(logits: torch.Tensor) -> torch.Tensor:
     return (log_mean.exp() * (log_mean + math.log(log_p.shape[1]))).sum()
 
 
+# A noise layer's own optimiser, by name (NoiseLayer.optimizer; None: a group of the network's optimiser)
+LAYER_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
 class NoiseLayer(nn.Module):
     """No noise layer: the base model's softmax meets the noisy labels directly (cross entropy). The
     interface every noise layer shares with the training loop: ``q()``, ``nll``, ``regulariser``,
@@ -81,7 +85,7 @@ class NoiseLayer(nn.Module):
     lr: float | None = None
     warmup_epochs: int = 0
     scheduled = True  # Q's learning rate follows the network's schedule (False: constant)
-    optimizer: str | None = None  # Q's own optimiser by name (module.LAYER_OPTIMIZERS); None: the network's
+    optimizer: str | None = None  # Q's own optimiser by name (LAYER_OPTIMIZERS); None: the network's
 
     def __init__(self, num_classes: int):
         super().__init__()

@@ -19,7 +19,7 @@ from pytorch_lightning.loggers import WandbLogger
 from torchmetrics.classification import BinaryAveragePrecision, BinaryPrecisionRecallCurve, MulticlassAccuracy
 
 from . import plots
-from .layers import NoiseLayer
+from .layers import LAYER_OPTIMIZERS, NoiseLayer
 from .models import penultimate
 
 # A schedule (optim.scheduler's _target_, partial) is called as fn(optimizer, total_steps=..., epochs=...,
@@ -91,10 +91,6 @@ class Optimizers(torch.optim.Optimizer):
         for o, s in zip(self.inner, state_dict["inner"], strict=True):
             o.load_state_dict(s)
         self.param_groups = [g for o in self.inner for g in o.param_groups]
-
-
-# A noise layer's own optimiser, by name (NoiseLayer.optimizer; None: a group of the network's optimiser)
-LAYER_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
 class NoisyLabelModule(pl.LightningModule):

@@ -56,9 +56,12 @@ def default_run_dir() -> str:
 VAL_PER_CLASS = 10  # the smallest noisy validation slice that early stopping or a selection may use
 
 
-def run(cfg: DictConfig) -> Record:
+def run(cfg: DictConfig | config.Checked) -> Record:
+    """Train and test one run; a config, or what ``config.check`` returned for it (the command line checks
+    before it imports this module, so that a mistake is answered before Lightning loads)."""
     t_start = time.perf_counter()
-    checked = config.check(cfg)  # the noise model and the estimator built there are the run's
+    # the noise model and the estimator built by the check are the run's
+    checked = cfg if isinstance(cfg, config.Checked) else config.check(cfg)
     cfg = checked.cfg
     quiet(cfg.verbose)
     if cfg.run_dir is None:

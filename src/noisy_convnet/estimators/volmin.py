@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
-from ..layers import VolMinNoiseLayer
+from ..layers import LAYER_OPTIMIZERS, VolMinNoiseLayer
 from .base import Fitted, _KClasses
 
 
@@ -17,8 +17,6 @@ class VolMinQ(_KClasses):
     name, label, estimated = "volmin", "VolMinNet", True
 
     def __init__(self, init: float, vol_weight: float, lr: float, optimizer: str | None = None):
-        from ..module import LAYER_OPTIMIZERS
-
         if optimizer is not None and optimizer not in LAYER_OPTIMIZERS:
             raise UserError(f"q.optimizer: {optimizer!r} is not allowed; {', '.join(LAYER_OPTIMIZERS)}, or null (a "
                             "parameter group of the network's optimiser)")
