@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from noisy_convnet import config
 from noisy_convnet.errors import UserError
@@ -56,7 +57,7 @@ def test_documented_overrides_reach_the_config(make_cfg, tmp_path):
         ("q.warmup_epochs=-1", "q.warmup_epochs"),
         ("noise.outlier_ratio=1", "noise.outlier_ratio"),  # a key of another noise model
         ("+noise.outlier_ratio=1", "noise"),  # forced in: the flip model has no such argument
-        ("q._target_=noisy_convnet.nowhere.Q", "q"),
+        ("q._target_=noisy_convnet.nowhere.Q", "q._target_"),  # cannot be imported
         ("noise.matrix=diagonal", "noise.matrix"),
         ("trainer.max_epochs=0", "trainer.max_epochs"),
         ("q.reg_weight=[0.5,-1]", "q.reg_weight"),
@@ -236,6 +237,10 @@ def test_choosing_among_candidates_needs_a_validation_slice(make_cfg):
         ("model=mlp model.hidden=128", "model.hidden"),
         ("model=mlp model.dropout=1.5", "model.dropout"),
         ("model=resnet18 model.small_stem=no", "model.small_stem"),  # a string read as true
+        ("model=lenet5 +model.width=2", "model"),  # an argument LeNet5 does not take
+        ("model=mlp ~model.hidden", "model"),  # one it needs
+        ("model._target_=noisy_convnet.models.Nope", "model._target_"),  # cannot be imported
+        ("q=volmin q.optimizer=rmsprop", "q.optimizer"),
         ("optim=adagrad +optim.optimizer.momentum=0.9", "optim.optimizer"),
         ("optim=adagrad +optim.scheduler.gamma=0.5", "optim.scheduler"),  # no schedule to set
         ("optim.scheduler=5", "optim.scheduler"),  # was a TypeError traceback
@@ -247,6 +252,35 @@ def test_every_user_key_is_checked_before_any_work(make_cfg, override, key, tmp_
     np.save(tmp_path / "Q.npy", np.eye(10))
     with pytest.raises(UserError, match=f"^{key}: "):
         config.validate(make_cfg(*override.replace("Q.npy", str(tmp_path / "Q.npy")).split()))
+
+
+class NumpyInit(torch.nn.Module):
+    """A network that sets its weights through numpy: on the meta device that is a TypeError."""
+
+    def __init__(self, in_shape, num_classes):
+        super().__init__()
+        self.fc = torch.nn.Linear(int(np.prod(in_shape)), num_classes)
+        self.fc.weight.data.copy_(torch.from_numpy(np.zeros_like(self.fc.weight.detach().numpy())))
+
+
+class ColourOnly(torch.nn.Module):
+    """A network for 3-channel images: refuses the 1x28x28 of the check with a UserError about the data."""
+
+    def __init__(self, in_shape, num_classes):
+        super().__init__()
+        if in_shape[0] != 3:
+            raise UserError(f"data: this network takes colour images, not {list(in_shape)}")
+        self.fc = torch.nn.Linear(int(np.prod(in_shape)), num_classes)
+
+
+@pytest.mark.parametrize("network", [NumpyInit, ColourOnly])
+def test_the_meta_build_refuses_only_what_does_not_depend_on_the_images(make_cfg, network):
+    """The check builds the network on the meta device for 28x28 images: what fails there for the device or
+    the shape is the run's build's to say (with the real images), not a refusal of the keys."""
+    cfg = make_cfg("~model", f"+model._target_={network.__module__}.{network.__name__}")
+    assert config.check(cfg).cfg.model._target_.endswith(network.__name__)
+    if network is NumpyInit:  # and it is a network the run builds
+        assert isinstance(config.build(cfg.model, "model", in_shape=(1, 8, 8), num_classes=10), NumpyInit)
 
 
 @pytest.mark.parametrize(
@@ -282,12 +316,13 @@ def test_a_mistake_is_answered_before_torch_and_lightning_are_imported(tmp_path,
 
 
 @pytest.mark.parametrize("args", [["model=mlp", "model.hidden=128"], ["model=lenet5", "+model.width=2"],
-                                  ["protocol.q_optimizer=rmsprop"],
-                                  ["optim=adagrad", "+optim.optimizer.momentum=0.9"]])
-def test_a_mistake_of_the_network_or_an_optimiser_is_answered_before_lightning_is_imported(tmp_path, args):
-    """The network's keys (built on the meta device), Q's optimiser and an optimiser without a schedule need
-    torch only: config.check asks them before what needs Lightning, and the command line checks before it
-    imports the training."""
+                                  ["protocol.q_optimizer=rmsprop"], ["q=volmin", "q.optimizer=rmsprop"],
+                                  ["noise=outlier", "q=anchor"], ["+q.foo=1"], ["noise=none", "level=0.3"],
+                                  ["data.name=nope"], ["optim=adagrad", "+optim.optimizer.momentum=0.9"]])
+def test_a_mistake_of_the_network_the_noise_or_q_is_answered_before_lightning_is_imported(tmp_path, args):
+    """The network's keys (built on the meta device), Q's optimiser, the noise model's and the estimator's keys
+    and an optimiser without a schedule need torch only: config.check asks them before what needs Lightning
+    (a schedule, the trainer), and the command line checks before it imports the training."""
     assert _answered(args, tmp_path) == "exit 2 heavy ['torch']"
 
 

@@ -169,7 +169,7 @@ def test_keys_added_at_their_old_behaviour_leave_a_cell_finished():
         (["protocol.plain.epochs=0"], "protocol.plain.epochs"),
         (["protocol.estimate_on=val"], "protocol.estimate_on"),
         (["protocol.revision.optim=sgd"], "protocol.revision.optim"),
-        (["+protocol.plain.optim.optimizer._target_=torch.optim.Nope"], "protocol.plain.optim.optimizer"),
+        (["+protocol.plain.optim.optimizer._target_=torch.optim.Nope"], "protocol.plain.optim.optimizer._target_"),
         (["optim=sgd_step", "optim.scheduler.milestones=[0]"], "optim.scheduler.milestones"),
         (["q=volmin", "q.optimizer=rmsprop"], "q.optimizer"),
         (["patience=0"], "patience"),

@@ -33,7 +33,7 @@ def main(cfg: DictConfig) -> float:
     share_machine(cfg, hc.launcher, os.cpu_count() or 1)
     stop_with_sweep(hc.launcher)
     try:
-        checked = check(cfg)  # before Lightning is imported (and torch, for most keys): a mistake answered quickly
+        checked = check(cfg)  # before the training is imported: most mistakes are answered before torch loads
         from .train import run
 
         record = run(checked)

@@ -184,6 +184,9 @@ def _build_error(node: DictConfig, key: str, e: InstantiationException) -> UserE
     if isinstance(e.__cause__, UserError):
         return e.__cause__
     cause = e.__cause__  # a constructor refusing its arguments (e.g. a network too deep for the images)
+    if _not_located(e):  # Hydra's "Error locating target ..., set env var HYDRA_FULL_ERROR=1 ...": its cause says why
+        return UserError(f"{key}._target_: cannot import '{node.get('_target_')}' "
+                         f"({str(cause).splitlines()[-1] if cause else e})")
     why = cause if isinstance(cause, (TypeError, ValueError, RuntimeError)) else str(e).splitlines()[0]
     return UserError(f"{key}: cannot build {node.get('_target_')} ({why})")
 
@@ -330,21 +333,55 @@ def _check_optim(node, key: str) -> None:
 
 def _check_model_keys(cfg: DictConfig) -> None:
     """The network's own keys (model.hidden, ...), before any data loads: it is built on the meta device (no
-    memory) for 28x28 images, and a constructor's refusal of a key ("model.<key>: ...") or of an argument it
-    does not take is one line now. What depends on the data's real shape is checked when the run builds it."""
+    memory) for 28x28 images, and what does not depend on the images is one line now: a ``_target_`` that
+    cannot be imported, arguments its constructor does not take (or lacks), a key it refuses ("model.<key>:
+    ..."). Anything else may depend on the data's real shape or device and is the run's build's to say."""
     import torch
 
+    shape = {"in_shape": (1, 28, 28), "num_classes": 10}
     try:
         with torch.device("meta"):
-            instantiate(cfg.model, in_shape=(1, 28, 28), num_classes=10)
+            instantiate(cfg.model, **shape)
     except InstantiationException as e:
         cause = e.__cause__
         if isinstance(cause, ValueError) and str(cause).startswith("model."):
             raise UserError(str(cause)) from None
-        if isinstance(cause, (TypeError, UserError)):
+        if _not_located(e) or (isinstance(cause, TypeError) and not _takes(cfg.model, **shape)):
             raise _build_error(cfg.model, "model", e) from None
-    except Exception:  # noqa: BLE001, S110 (anything else is the run's build's to say, with the real shape)
+    except Exception:  # noqa: BLE001 (the run's build says it, with the real images)
         pass
+
+
+def _not_located(e: InstantiationException) -> bool:
+    return str(e).startswith("Error locating target")
+
+
+def _takes(node: DictConfig, **kwargs) -> bool:
+    """Whether node's ``_target_`` takes its keys and kwargs by its signature (True where it has none to read)."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    try:
+        signature = inspect.signature(get_object(node._target_))
+    except (TypeError, ValueError):
+        return True
+    keys = {str(k): None for k in node if not str(k).startswith("_")}
+    try:
+        signature.bind(*node.get("_args_", ()), **keys, **kwargs)
+    except TypeError:
+        return False
+    return True
+
+
+def layer_optimizer(name, key: str) -> None:
+    """A noise layer's own optimiser (protocol.q_optimizer, q.optimizer): a name of layers.LAYER_OPTIMIZERS,
+    or None for a parameter group of the network's."""
+    from .layers import LAYER_OPTIMIZERS
+
+    if name is not None and not (isinstance(name, str) and name in LAYER_OPTIMIZERS):
+        raise UserError(f"{key}: {name!r} is not allowed; {_allowed(LAYER_OPTIMIZERS)}, or null (a parameter group "
+                        "of the network's optimiser)")
 
 
 def _check(cfg: DictConfig, key: str, ok, allowed: str) -> None:
@@ -375,8 +412,8 @@ def _paths(cfg: DictConfig) -> None:
 
 def check_values(cfg: DictConfig) -> DictConfig:
     """The checks that need no heavy library (torch, Lightning): missing keys, types, paths and the values of
-    CHECKS. The command line runs them before it imports the training, so such a mistake is answered at
-    Hydra's own speed; ``validate`` runs them first too. Returns the typed config."""
+    CHECKS. ``check`` runs them first (the command line calls it before it imports the training), so such a
+    mistake is answered at Hydra's own speed. Returns the typed config."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise UserError(f"{missing[0]}: required, give it on the command line ({missing[0]}=...)")
@@ -406,19 +443,12 @@ def check(cfg: DictConfig) -> Checked:
     """Check every user-facing value, building the noise model and the Q estimator to check theirs (and the
     optimisers, and the network on the meta device: ``_check_optim``, ``_check_model_keys``); return the two
     with the typed config (train.run uses these very objects). Raises UserError on the first bad one.
-    In the order of what each check needs: nothing heavy (``check_values``), then torch (the network, Q's
-    optimiser), then Lightning (the optimisers' schedules live in module.py, the trainer) and the data sets:
-    the command line calls this before it imports the training, so a mistake of the first two kinds is
-    answered before Lightning is imported."""
+    In the order of what each check needs: nothing heavy (``check_values``), then torch (Q's optimiser, the
+    data set's name, the noise model, the estimator, the network), then Lightning (the optimisers, whose
+    schedules live in module.py, and the trainer): the command line calls this before it imports the
+    training, so a mistake of the first two kinds is answered before Lightning is imported."""
     cfg = check_values(cfg)
-    _check_model_keys(cfg)
-    from .layers import LAYER_OPTIMIZERS
-
-    _check(cfg, "protocol.q_optimizer", lambda v: v is None or v in LAYER_OPTIMIZERS,
-           f"{_allowed(LAYER_OPTIMIZERS)}, or null (a parameter group of the network's optimiser)")
-    for key in ("optim", *(f"protocol.{role}.optim" for role in ROLES)):
-        _check_optim(OmegaConf.select(cfg, key), key)
-    _check_trainer(cfg)
+    layer_optimizer(OmegaConf.select(cfg, "protocol.q_optimizer"), "protocol.q_optimizer")
     from . import datasets
 
     if cfg.data.name not in datasets.NAMES:
@@ -444,6 +474,10 @@ def check(cfg: DictConfig) -> Checked:
     needs = estimator.needs_validation()
     if needs and cfg.data.val_fraction == 0:
         raise UserError(f"{needs}; set data.val_fraction > 0")
+    _check_model_keys(cfg)  # the slowest of these (a network with batch norm loads torch._dynamo on the meta device)
+    for key in ("optim", *(f"protocol.{role}.optim" for role in ROLES)):
+        _check_optim(OmegaConf.select(cfg, key), key)
+    _check_trainer(cfg)
     return Checked(cfg, noise_model, estimator)
 
 

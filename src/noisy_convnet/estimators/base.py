@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..config import START_ALLOWED, oracle_start
 from ..datasets import Split
 from ..errors import Diverged, UserError
-from ..factory import Trainers, Training
 from ..files import save_array
 from ..layers import FixedNoiseLayer, NoiseLayer
 from ..noise_models import NoisyData
+
+if TYPE_CHECKING:  # the training side (Lightning): imported by the run, not by the check that builds the estimator
+    from ..factory import Trainers, Training
 
 # The shared first stage: the plain net (no noise layer) early-stopped on the noisy validation slice. With
 # the same noisy labels, seed, network and protocol, it is trained once for none + early stopping, anchor

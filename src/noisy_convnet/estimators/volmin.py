@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config import layer_optimizer
 from ..errors import UserError
-from ..layers import LAYER_OPTIMIZERS, VolMinNoiseLayer
+from ..layers import VolMinNoiseLayer
 from .base import Fitted, _KClasses
 
 
@@ -17,9 +18,7 @@ class VolMinQ(_KClasses):
     name, label, estimated = "volmin", "VolMinNet", True
 
     def __init__(self, init: float, vol_weight: float, lr: float, optimizer: str | None = None):
-        if optimizer is not None and optimizer not in LAYER_OPTIMIZERS:
-            raise UserError(f"q.optimizer: {optimizer!r} is not allowed; {', '.join(LAYER_OPTIMIZERS)}, or null (a "
-                            "parameter group of the network's optimiser)")
+        layer_optimizer(optimizer, "q.optimizer")
         self.optimizer = optimizer
         for key, value, allowed in (("init", init, ""), ("vol_weight", vol_weight, " >= 0"), ("lr", lr, " > 0")):
             number = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
