@@ -283,6 +283,37 @@ def test_the_meta_build_refuses_only_what_does_not_depend_on_the_images(make_cfg
         assert isinstance(config.build(cfg.model, "model", in_shape=(1, 8, 8), num_classes=10), NumpyInit)
 
 
+def test_a_key_the_network_is_also_given_is_left_to_the_run(make_cfg):
+    """model.num_classes is also passed by the run (Hydra's kwargs win): the check binds it once, no KeyError."""
+    name = f"{NumpyInit.__module__}.NumpyInit"
+    cfg = config.check(make_cfg("~model", f"+model._target_={name}", "+model.num_classes=10")).cfg
+    assert cfg.model.num_classes == 10
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["q._target_=mine_dep.MyQ"], r"^q._target_: importing 'mine_dep.MyQ' failed at .*mine_dep.py:1: "
+                                      r"ModuleNotFoundError: No module named 'not_installed_anywhere'$"),
+        (["q._target_=mine_syntax.MyQ"], r"^q._target_: importing 'mine_syntax.MyQ' failed: SyntaxError: .*line 1"),
+        (["q._target_=mine_dep.Nope.MyQ"], r"^q._target_: importing 'mine_dep.Nope.MyQ' failed"),
+        (["q._target_=nowhere_at_all.MyQ"], r"^q._target_: cannot import 'nowhere_at_all.MyQ' \(.*'nowhere_at_all'"),
+        (["~model", "+model._target_=torch.nn.Sequential", "+model._args_=[{_target_: torch.nn.Nope}]"],
+         r"^model._args_0._target_: cannot import 'torch.nn.Nope'"),  # the inner node's key and target
+        (["trainer._target_=pytorch_lightning.Nope"], r"^trainer._target_: cannot import 'pytorch_lightning.Nope'"),
+        (["logger=csv", "logger.csv._target_=pytorch_lightning.loggers.Nope"], r"^logger.csv._target_: cannot import"),
+    ],
+)
+def test_a_target_that_cannot_be_imported_is_one_line_saying_why(make_cfg, tmp_path, monkeypatch, overrides, message):
+    """A path that names nothing says so; a user's module that fails to import says its own error and where
+    (Hydra's hint, "is it installed?", would hide it)."""
+    (tmp_path / "mine_dep.py").write_text("import not_installed_anywhere\n")
+    (tmp_path / "mine_syntax.py").write_text("def MyQ(:\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match=message):
+        config.check(make_cfg(*overrides))
+
+
 @pytest.mark.parametrize(
     "overrides, key",
     [

@@ -7,7 +7,8 @@ override only what differs. The groups built with ``_target_`` (``noise``, ``q``
 are objects whose YAML file is their one home: their constructors take no defaults for what the file
 sets, and check their own arguments when they are built. ``validate`` builds the noise model, the Q
 estimator and the optimisers, and the network on torch's meta device, so a bad ``noise.*``, ``q.*``,
-``optim.*`` or ``model.*`` value ends in one line before any data is loaded.
+``optim.*`` or ``model.*`` value, or a ``_target_`` that cannot be imported, ends in one line before any data
+is loaded (what a network refuses only for the data's real shape, when the run builds it).
 
 Hydra's own composition errors (an unknown option, a key that does not exist, a value of the wrong type)
 become the same one line through ``hydra_errors.user_error``; ``compose(overrides)`` is the Python entry
@@ -18,7 +19,9 @@ together (the reason it is over 300 lines).
 from __future__ import annotations
 
 import math
+import re
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,11 +187,32 @@ def _build_error(node: DictConfig, key: str, e: InstantiationException) -> UserE
     if isinstance(e.__cause__, UserError):
         return e.__cause__
     cause = e.__cause__  # a constructor refusing its arguments (e.g. a network too deep for the images)
-    if _not_located(e):  # Hydra's "Error locating target ..., set env var HYDRA_FULL_ERROR=1 ...": its cause says why
-        return UserError(f"{key}._target_: cannot import '{node.get('_target_')}' "
-                         f"({str(cause).splitlines()[-1] if cause else e})")
+    located = _unlocated(e)
+    if located:  # Hydra names the target and, on its last line, the node that holds it (maybe one inside this one)
+        where = re.search(r"^full_key: (.+)$", str(e), re.MULTILINE)
+        return import_error(f"{where.group(1) if where else key}._target_", located.group(1), cause)
     why = cause if isinstance(cause, (TypeError, ValueError, RuntimeError)) else str(e).splitlines()[0]
     return UserError(f"{key}: cannot build {node.get('_target_')} ({why})")
+
+
+def _unlocated(e: InstantiationException) -> re.Match | None:
+    """Hydra's "Error locating target '<target>', set env var HYDRA_FULL_ERROR=1 ...": a _target_ not imported."""
+    return re.match(r"Error locating target '(.*)', set env var HYDRA_FULL_ERROR", str(e))
+
+
+def import_error(key: str, target: str, error: BaseException | None) -> UserError:
+    """A ``_target_`` that could not be imported; ``error``: what Hydra's lookup raised. Either the path names
+    nothing ("cannot import", with Hydra's hint), or importing the module it names failed (a user's own file:
+    its error and where it was raised, which Hydra's hint would hide)."""
+    hint = (str(error).splitlines() or [repr(error)])[-1] if error is not None else "not found"
+    inner = error.__cause__ if error is not None else None
+    missing = inner is None or (isinstance(inner, ModuleNotFoundError) and inner.name is not None
+                                and (target == inner.name or target.startswith(f"{inner.name}.")))
+    if missing or (isinstance(inner, AttributeError) and "is an attribute of" in hint):
+        return UserError(f"{key}: cannot import '{target}' ({hint})")
+    frames = traceback.extract_tb(inner.__traceback__)
+    where = "" if isinstance(inner, SyntaxError) or not frames else f" at {frames[-1].filename}:{frames[-1].lineno}"
+    return UserError(f"{key}: importing '{target}' failed{where}: {type(inner).__name__}: {inner}")
 
 
 def built(obj, node: DictConfig, key: str, base: type, method: str):
@@ -346,29 +370,25 @@ def _check_model_keys(cfg: DictConfig) -> None:
         cause = e.__cause__
         if isinstance(cause, ValueError) and str(cause).startswith("model."):
             raise UserError(str(cause)) from None
-        if _not_located(e) or (isinstance(cause, TypeError) and not _takes(cfg.model, **shape)):
+        if _unlocated(e) or (isinstance(cause, TypeError) and not _takes(cfg.model, **shape)):
             raise _build_error(cfg.model, "model", e) from None
     except Exception:  # noqa: BLE001 (the run's build says it, with the real images)
         pass
-
-
-def _not_located(e: InstantiationException) -> bool:
-    return str(e).startswith("Error locating target")
 
 
 def _takes(node: DictConfig, **kwargs) -> bool:
     """Whether node's ``_target_`` takes its keys and kwargs by its signature (True where it has none to read)."""
     import inspect
 
-    from hydra.utils import get_object
+    from hydra._internal.utils import _locate  # hydra.utils.get_object's lookup, without its error log
 
     try:
-        signature = inspect.signature(get_object(node._target_))
+        signature = inspect.signature(_locate(node._target_))
     except (TypeError, ValueError):
         return True
     keys = {str(k): None for k in node if not str(k).startswith("_")}
     try:
-        signature.bind(*node.get("_args_", ()), **keys, **kwargs)
+        signature.bind(*node.get("_args_", ()), **{**keys, **kwargs})  # as Hydra calls it: kwargs win
     except TypeError:
         return False
     return True
@@ -478,7 +498,21 @@ def check(cfg: DictConfig) -> Checked:
     for key in ("optim", *(f"protocol.{role}.optim" for role in ROLES)):
         _check_optim(OmegaConf.select(cfg, key), key)
     _check_trainer(cfg)
+    _check_targets(cfg, ["trainer", *(f"logger.{name}" for name in cfg.get("logger") or {})])
     return Checked(cfg, noise_model, estimator)
+
+
+def _check_targets(cfg: DictConfig, keys: list[str]) -> None:
+    """The ``_target_`` of nodes the run builds itself (the trainer, the loggers) can be imported."""
+    from hydra._internal.utils import _locate
+
+    for key in keys:
+        target = OmegaConf.select(cfg, f"{key}._target_", default=None)
+        if isinstance(target, str):
+            try:
+                _locate(target)
+            except Exception as e:  # noqa: BLE001 (whatever importing it raised: import_error says which)
+                raise import_error(f"{key}._target_", target, e) from None
 
 
 def group_options(group: str) -> list[str]:
