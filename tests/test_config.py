@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from noisy_convnet import config
+from noisy_convnet import config, targets
 from noisy_convnet.errors import UserError
 from noisy_convnet.train import run
 
@@ -41,7 +41,7 @@ def test_documented_overrides_reach_the_config(make_cfg, tmp_path):
         )
     )
     assert (cfg.data.name, cfg.data.train_size, cfg.noise.matrix, cfg.level) == ("mnist5k", 1000, "pair", 0.3)
-    assert (config.build(cfg.q, "q").name, cfg.seed, cfg.trainer.max_epochs) == ("fixed", 3, 7)
+    assert (targets.build(cfg.q, "q").name, cfg.seed, cfg.trainer.max_epochs) == ("fixed", 3, 7)
 
 
 @pytest.mark.parametrize(
@@ -280,7 +280,7 @@ def test_the_meta_build_refuses_only_what_does_not_depend_on_the_images(make_cfg
     cfg = make_cfg("~model", f"+model._target_={network.__module__}.{network.__name__}")
     assert config.check(cfg).cfg.model._target_.endswith(network.__name__)
     if network is NumpyInit:  # and it is a network the run builds
-        assert isinstance(config.build(cfg.model, "model", in_shape=(1, 8, 8), num_classes=10), NumpyInit)
+        assert isinstance(targets.build(cfg.model, "model", in_shape=(1, 8, 8), num_classes=10), NumpyInit)
 
 
 def test_a_key_the_network_is_also_given_is_left_to_the_run(make_cfg):

@@ -28,7 +28,7 @@ import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from . import config, datasets, identity, noise, plots
+from . import config, datasets, identity, noise, plots, targets
 from . import record as record_file
 from .cell import INDICES, LABELS, Q_PNG, Cell
 from .errors import Diverged, UserError
@@ -239,7 +239,7 @@ def flat(d: dict, prefix: str = "") -> dict:
 def _check_model(cfg: DictConfig, ds: datasets.Dataset) -> None:
     """The network takes images of this shape (AlexNet's pooling needs at least 63x63): one forward pass of
     two blank images, before any training."""
-    net = config.built(config.build(cfg.model, "model", in_shape=ds.shape, num_classes=ds.num_classes), cfg.model,
+    net = targets.built(targets.build(cfg.model, "model", in_shape=ds.shape, num_classes=ds.num_classes), cfg.model,
                        "model", torch.nn.Module, "forward").eval()
     try:
         with torch.no_grad():
